@@ -1,0 +1,105 @@
+"""The typed config: params.yaml is complete and valid; every fault names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from ldm import config
+from ldm.config import Config, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def field_names(model: type) -> set[str]:
+    return {field.alias or name for name, field in model.model_fields.items()}
+
+
+def test_params_yaml_loads_and_spells_out_every_field() -> None:
+    config.load(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw) == field_names(Config)
+    for name, field in Config.model_fields.items():
+        section = field.alias or name
+        assert set(raw[section]) == field_names(field.annotation), section
+
+
+def test_overrides_are_parsed_as_yaml_and_applied() -> None:
+    cfg = config.load(
+        REPO / "params.yaml",
+        ["data.resolution=64", "validate.min_accepted_fraction=0.5", "tracking.experiment=other"],
+    )
+    assert cfg.data.resolution == 64
+    assert cfg.validate_.min_accepted_fraction == 0.5
+    assert cfg.tracking.experiment == "other"
+    assert cfg.section("validate")["min_accepted_fraction"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("data.resolutoin=64", "data.resolutoin"),
+        ("dta.resolution=64", "dta"),
+        ("data.resolution=big", "data.resolution"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("data.resolution.deep=1", "data.resolution.deep"),
+    ],
+)
+def test_bad_override_names_the_key(override: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        config.load(REPO / "params.yaml", [override])
+
+
+@pytest.mark.parametrize("override", ["resolution=64", "data.resolution", "=3"])
+def test_malformed_override_says_the_expected_form(override: str) -> None:
+    with pytest.raises(ConfigError, match="section.key=value"):
+        config.load(REPO / "params.yaml", [override])
+
+
+def test_unknown_missing_and_mistyped_keys_in_the_file(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["resolutoin"] = 64
+    del raw["cost"]["gpu_hour_usd"]
+    raw["validate"]["min_side"] = "small"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert "data.resolutoin" in message
+    assert "cost.gpu_hour_usd" in message
+    assert "validate.min_side" in message
+
+
+def test_missing_or_broken_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(broken)
+
+
+def test_config_is_frozen() -> None:
+    cfg = config.load(REPO / "params.yaml")
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.data.resolution = 7  # type: ignore[misc]
+
+
+def test_write_overrides_keeps_comments_and_validates_first(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    before = path.read_text()
+    with pytest.raises(ConfigError, match="data.resolution"):
+        config.write_overrides(path, ["data.resolution=huge"])
+    assert path.read_text() == before  # nothing written when the result would be invalid
+
+    changes = config.write_overrides(path, ["data.resolution=64"])
+    assert changes == ["params.yaml: data.resolution: 32 -> 64"]
+    after = path.read_text()
+    assert "# side of the square training images" in after
+    assert config.load(path).data.resolution == 64
+    assert after.replace("resolution: 64", "resolution: 32") == before
