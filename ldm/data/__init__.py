@@ -1,0 +1,1 @@
+"""Data stages: validate (manifest + quality suite), prepare (shards), and the bundled sample."""
