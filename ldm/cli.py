@@ -1,0 +1,204 @@
+"""The `ldm` command: one sub-command per stage, `ldm run` for the whole trial, and helpers.
+
+Heavy libraries are imported inside the commands so that `ldm --help` answers at once.
+Exit codes: 0 done; 1 the data or setup needs a fix (message says what); 2 bad usage or config;
+3 an unexpected error (traceback printed; `ldm run` retries those, as they may be transient).
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ldm.config import Config, ConfigError
+from ldm.errors import LdmError
+from ldm.paths import Paths
+
+EXIT_USER, EXIT_USAGE, EXIT_UNEXPECTED = 1, 2, 3
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Proof-of-concept trials of latent diffusion on your own images.",
+)
+
+ParamsOption = Annotated[
+    Path | None,
+    typer.Option("--params", help="Params file [default: params.yaml in the project root]."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one value, e.g. --set data.resolution=64 (repeatable)."),
+]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def load_config(paths: Paths, params: Path | None, overrides: list[str] | None) -> Config:
+    from ldm import config
+
+    try:
+        return config.load(params or paths.root / "params.yaml", overrides)
+    except ConfigError as err:
+        raise fail(str(err), EXIT_USAGE) from None
+
+
+def run_stage(stage: str, params: Path | None, overrides: list[str] | None) -> None:
+    paths = Paths.discover()
+    cfg = load_config(paths, params, overrides)
+    from ldm import stages
+
+    try:
+        result = stages.run(stage, cfg, paths)
+    except LdmError as err:
+        raise fail(str(err), EXIT_USER) from None
+    except Exception:
+        traceback.print_exc()
+        raise fail(
+            f"{stage}: unexpected error (see the traceback above)", EXIT_UNEXPECTED
+        ) from None
+    shown = {k: v for k, v in result.metrics.items() if not k.startswith("n_rejected_")}
+    typer.echo(f"{stage}: done  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+
+
+@app.command()
+def validate(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Check every file under data.raw_dir; write the manifest, the rejects and the GX report."""
+    run_stage("validate", params, overrides)
+
+
+@app.command()
+def prepare(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Crop and resize accepted images into train/val shards."""
+    run_stage("prepare", params, overrides)
+
+
+@app.command()
+def run(
+    overrides: SetOption = None,
+    sample_if_empty: Annotated[
+        bool,
+        typer.Option(
+            help="When data.raw_dir holds no files, write the bundled sample there and use it."
+        ),
+    ] = True,
+) -> None:
+    """Run the whole trial as a Prefect flow; each stage runs through `dvc repro`.
+
+    --set values are written into params.yaml first (as `dvc exp run -S` does), so DVC and the
+    records agree on what ran. Stages whose inputs did not change are skipped.
+    """
+    from ldm.config import write_overrides
+
+    paths = Paths.discover()
+    params = paths.root / "params.yaml"
+    cfg = load_config(paths, params, overrides)
+    if overrides:
+        for line in write_overrides(params, overrides):
+            typer.echo(line)
+    raw_dir = paths.resolve(cfg.data.raw_dir)
+    if not raw_dir.is_dir() or not any(entry.is_file() for entry in raw_dir.rglob("*")):
+        if not sample_if_empty:
+            raise fail(
+                f"{raw_dir} holds no files: put your images there (sub-folders = classes)",
+                EXIT_USER,
+            )
+        typer.echo(
+            f"{raw_dir} holds no files: writing the bundled sample dataset there and "
+            "using it. To trial your own images, replace it with them."
+        )
+        sample_data(raw_dir)
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    # Prefect's local server keeps its run history in the project unless a server is configured.
+    env = {"PREFECT_HOME": str(paths.root / ".prefect"), **os.environ}
+    # The flow runs in its own process: `ldm` never imports Prefect (flows/ sits above ldm/).
+    with tempfile.TemporaryDirectory() as scratch:
+        result_file = Path(scratch) / "trial.json"
+        flow = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flows.trial",
+                str(paths.root),
+                "--result-file",
+                str(result_file),
+            ],
+            env=env,
+            check=False,
+        )
+        outcome = json.loads(result_file.read_text()) if result_file.is_file() else None
+    if flow.returncode != 0 or outcome is None:
+        raise fail(
+            "the trial failed (the log above names the stage and why). The trial's MLflow "
+            "run holds what ran before it: `ldm ui`.",
+            EXIT_USER,
+        )
+    for stage, status in outcome["stages"].items():
+        typer.echo(f"  {stage:<16} {status}")
+    typer.echo(f"MLflow parent run: {outcome['mlflow_parent_run_id']}  (browse with `ldm ui`)")
+
+
+@app.command("sample-data")
+def sample_data(
+    directory: Annotated[
+        Path, typer.Argument(help="Empty or new folder to write the images into.")
+    ],
+    per_class: Annotated[int, typer.Option(min=1, help="Images per class.")] = 200,
+    size: Annotated[int, typer.Option(min=16, help="Side of each image in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the crops; same seed, same bytes.")] = 0,
+) -> None:
+    """Write a small real dataset (crops of photos shipped with scikit-image) into DIRECTORY."""
+    from ldm.data.sample import write_sample
+
+    try:
+        counts = write_sample(directory, per_class=per_class, size=size, seed=seed)
+    except LdmError as err:
+        raise fail(str(err), EXIT_USER) from None
+    typer.echo(f"wrote {sum(counts.values())} images in {len(counts)} classes to {directory}")
+
+
+@app.command("show-config")
+def show_config(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Print the validated config, overrides applied, as YAML."""
+    import yaml
+
+    cfg = load_config(Paths.discover(), params, overrides)
+    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> None:
+    """Open the MLflow UI on the project's tracking store."""
+    import subprocess
+    import sys
+
+    from ldm.tracking import tracking_uri
+
+    uri = tracking_uri(Paths.discover().root)
+    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl+C to stop)")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        check=False,
+    )

@@ -1,0 +1,60 @@
+"""Where every stage reads and writes, derived once from the project root.
+
+`dvc.yaml` names the same paths; `tests/test_wiring.py` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) holding `dvc.yaml`; else `start`."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return start
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @classmethod
+    def discover(cls) -> Paths:
+        return cls(find_project_root())
+
+    def resolve(self, path: Path | str) -> Path:
+        """A path from params.yaml: relative ones are relative to the project root."""
+        path = Path(os.path.expanduser(path))
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def validated(self) -> Path:
+        return self.data / "validated"
+
+    @property
+    def manifest(self) -> Path:
+        return self.validated / "manifest.parquet"
+
+    @property
+    def rejected(self) -> Path:
+        return self.validated / "rejected.csv"
+
+    @property
+    def prepared(self) -> Path:
+        return self.data / "prepared"
+
+    @property
+    def metrics(self) -> Path:
+        return self.data / "metrics"
+
+    def stage_metrics(self, stage: str) -> Path:
+        return self.metrics / f"{stage}.json"

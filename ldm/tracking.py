@@ -1,0 +1,187 @@
+"""Experiment tracking in MLflow: the only module of `ldm` that imports mlflow.
+
+One trial (`ldm run`) is one parent run; every stage is a run of its own, nested under the trial's
+run when the stage process finds the parent's id in `LDM_PARENT_RUN_ID` (the flow sets it for the
+`dvc repro` it starts), and top-level when a stage is run by hand. The default store is
+`sqlite:///<project root>/mlflow.db`, absolute so that the CLI, DVC and Prefect (each with its own
+working directory) all write the same database; `MLFLOW_TRACKING_URI` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+PARENT_RUN_ENV = "LDM_PARENT_RUN_ID"
+
+
+class Tracker(Protocol):
+    """What stages and training loops may log; they never branch on whether tracking is on."""
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+
+class NullTracker:
+    """Logs nothing: for library calls and tests that do not need a store."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+
+class MlflowTracker:
+    """Logs into one MLflow run through a client bound to one store: no global MLflow state."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.run_id = run_id
+        self._client = client
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in flatten(params).items()]
+        for start in range(0, len(items), 100):  # the REST API takes at most 100 params a call
+            self._client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self._client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self._client.log_artifacts(self.run_id, str(path), artifact_path or path.name)
+        else:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, value)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"data": {"resolution": 32}} -> {"data.resolution": 32}, the keys `--set` accepts."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+
+
+def _client_and_experiment(root: Path, name: str) -> tuple[MlflowClient, str]:
+    """A client on the project's store and the experiment's id (created on first use)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(root)
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return client, found.experiment_id
+    # MLflow's default artifact root is relative to the current directory; pin it to the project.
+    location = (root.resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return client, client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another process created it between our look-up and create
+        return client, client.get_experiment_by_name(name).experiment_id
+
+
+def provenance_tags(root: Path) -> dict[str, str]:
+    """Git commit (and whether the tree was dirty) and the hash of dvc.lock when present."""
+    tags = {"git_commit": "unknown", "git_dirty": "unknown"}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode == 0:
+            tags["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            tags["git_dirty"] = str(bool(status.stdout.strip())).lower()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        tags["dvc_lock_sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()
+    return tags
+
+
+@contextmanager
+def _run(
+    client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str]
+) -> Iterator[MlflowTracker]:
+    """A run that ends FINISHED, FAILED when the body raises, KILLED on Ctrl+C."""
+    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.name": f"ldm {name}", **tags}
+    run = client.create_run(experiment_id, tags=tags, run_name=name)
+    tracker = MlflowTracker(client, run.info.run_id)
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        client.set_terminated(tracker.run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(tracker.run_id, "FAILED")
+        raise
+    client.set_terminated(tracker.run_id, "FINISHED")
+
+
+@contextmanager
+def stage_run(root: Path, experiment: str, stage: str) -> Iterator[MlflowTracker]:
+    """An MLflow run for one stage; nested under the trial's run when LDM_PARENT_RUN_ID is set."""
+    client, experiment_id = _client_and_experiment(root, experiment)
+    tags = {"ldm.stage": stage, "ldm.kind": "stage", **provenance_tags(root)}
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if parent:  # a nested run lives in its parent's experiment
+        experiment_id = client.get_run(parent).info.experiment_id
+        tags["mlflow.parentRunId"] = parent
+    with _run(client, experiment_id, stage, tags) as tracker:
+        yield tracker
+
+
+@contextmanager
+def trial_run(root: Path, experiment: str, params_path: Path) -> Iterator[MlflowTracker]:
+    """The parent run of one `ldm run`: provenance tags and the params file as an artifact."""
+    client, experiment_id = _client_and_experiment(root, experiment)
+    tags = {"ldm.kind": "trial", **provenance_tags(root)}
+    with _run(client, experiment_id, "trial", tags) as tracker:
+        tracker.log_artifact(params_path)
+        yield tracker
+        lock_hash = provenance_tags(root).get("dvc_lock_sha256")
+        if lock_hash:  # the pipeline's state after the trial, to find it again with DVC
+            tracker.set_tags({"dvc_lock_sha256": lock_hash})

@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny project in tmp_path (the repo's dvc.yaml, params.yaml and code, a
+small real image folder) and one Prefect test server per session for the flow tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for a CPU test, large enough to pass the default quality suite's shape.
+TINY_PARAMS = {
+    "data.resolution": 16,
+    "data.workers": 1,
+    "validate.min_side": 32,
+    "validate.min_images": 30,
+    "validate.min_images_per_class": 5,
+    "prepare.shard_size": 64,
+}
+
+
+def set_params(params_path: Path, values: dict[str, object]) -> None:
+    raw = yaml.safe_load(params_path.read_text())
+    for dotted, value in values.items():
+        section, key = dotted.split(".")
+        raw[section][key] = value
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def ldm_bin() -> str:
+    return str(Path(sys.executable).parent / "ldm")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("GIT_AUTHOR_NAME", "test")
+    os.environ.setdefault("GIT_AUTHOR_EMAIL", "test@localhost")
+    os.environ.setdefault("GIT_COMMITTER_NAME", "test")
+    os.environ.setdefault("GIT_COMMITTER_EMAIL", "test@localhost")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("LDM_PARENT_RUN_ID", None)
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 real images in 6 class folders, written once per session."""
+    from ldm.data.sample import write_sample
+
+    folder = tmp_path_factory.mktemp("sample") / "raw"
+    write_sample(folder, per_class=20, size=48, seed=0)
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path: Path, sample_images: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git + DVC project: the repo's pipeline and code, tiny params, the sample as data/raw."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    # dvc.yaml names the stage code as dependencies, so the project needs those files.
+    shutil.copytree(REPO / "ldm", root / "ldm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(sample_images, root / "data" / "raw")
+    set_params(root / "params.yaml", TINY_PARAMS)
+    for cmd in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "tiny project"],
+    ):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the session (it costs ~10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

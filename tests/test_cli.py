@@ -1,0 +1,100 @@
+"""The `ldm` command: fast help, stage commands, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+from ldm.cli import app
+
+runner = CliRunner()
+HEAVY = ("torch", "mlflow", "prefect", "great_expectations", "dvc", "polars", "PIL")
+
+
+def test_help_lists_every_stage_and_imports_no_heavy_library() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("validate", "prepare", "run", "sample-data", "show-config", "ui"):
+        assert command in result.output
+    probe = f"import sys, ldm.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_bad_set_fails_before_any_work(project: Path) -> None:
+    result = runner.invoke(app, ["validate", "--set", "validate.min_sid=3"])
+    assert result.exit_code == 2
+    assert "validate.min_sid" in result.stderr
+    assert not (project / "data" / "validated").exists()
+    assert not (project / "mlflow.db").exists()
+
+
+def test_validate_then_prepare_write_their_outputs(project: Path) -> None:
+    result = runner.invoke(app, ["validate"])
+    assert result.exit_code == 0, result.output
+    manifest = pl.read_parquet(project / "data/validated/manifest.parquet")
+    assert manifest.height == 120
+    metrics = json.loads((project / "data/metrics/validate.json").read_text())
+    assert metrics["n_accepted"] == 120 and metrics["quality_passed"] == 1.0
+
+    result = runner.invoke(app, ["prepare", "--set", "data.resolution=24"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((project / "data/prepared/meta.json").read_text())
+    assert meta["resolution"] == 24
+    assert meta["num_classes"] == 6
+
+
+def test_failed_quality_suite_exits_1_with_the_failed_expectations(project: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "validate",
+            "--set",
+            "validate.min_images=1000",
+            "--set",
+            "validate.min_images_per_class=50",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "row count" in result.stderr
+    assert "n_images" in result.stderr or "per class" in result.stderr
+    # The evidence stays for the user to read.
+    assert (project / "data/validated/manifest.parquet").is_file()
+    assert (project / "data/validated/report/gx_validation.json").is_file()
+
+
+def test_prepare_without_manifest_says_what_to_run(project: Path) -> None:
+    result = runner.invoke(app, ["prepare"])
+    assert result.exit_code == 1
+    assert "ldm validate" in result.stderr
+
+
+def test_empty_raw_dir_is_a_clear_error(project: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["validate", "--set", f"data.raw_dir={empty}"])
+    assert result.exit_code == 1
+    assert "ldm sample-data" in result.stderr
+
+
+def test_sample_data_refuses_a_folder_with_files(tmp_path: Path) -> None:
+    target = tmp_path / "images"
+    result = runner.invoke(app, ["sample-data", str(target), "--per-class", "3", "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "18 images in 6 classes" in result.output
+    again = runner.invoke(app, ["sample-data", str(target), "--per-class", "3"])
+    assert again.exit_code == 1
+    assert len(list(target.rglob("*.jpg"))) == 18
+
+
+def test_show_config_prints_the_overridden_value(project: Path) -> None:
+    result = runner.invoke(app, ["show-config", "--set", "data.resolution=48"])
+    assert result.exit_code == 0
+    assert "resolution: 48" in result.output
