@@ -1,0 +1,98 @@
+"""The trial as a Prefect flow through DVC, on a real (test) Prefect server and MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from prefect.states import Failed
+
+from flows.trial import StageFailed, is_transient, trial
+from tests.conftest import set_params
+
+pytestmark = pytest.mark.slow
+
+
+def runs_by_name(root: Path) -> dict[str, list]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ldm-poc")
+    found: dict[str, list] = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        found.setdefault(run.info.run_name, []).append(run)
+    return found
+
+
+def test_trial_runs_each_stage_through_dvc_then_skips_them(project: Path, prefect_server) -> None:
+    first = trial(str(project))
+    assert first["stages"] == {"validate": "ran", "prepare": "ran"}
+    parent_id = first["mlflow_parent_run_id"]
+
+    runs = runs_by_name(project)
+    for stage in ("validate", "prepare"):
+        (stage_run,) = runs[stage]
+        assert stage_run.data.tags["mlflow.parentRunId"] == parent_id
+        assert stage_run.info.status == "FINISHED"
+    parent = runs["trial"][0]
+    assert parent.info.run_id == parent_id
+    assert parent.data.metrics["stages_ran"] == 2
+    assert parent.data.tags["stage.prepare"] == "ran"
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"validate", "prepare"}
+    assert json.loads((project / "data/prepared/meta.json").read_text())["resolution"] == 16
+
+    second = trial(str(project))
+    assert second["stages"] == {"validate": "skipped", "prepare": "skipped"}
+    assert second["mlflow_parent_run_id"] != parent_id
+    assert len(runs_by_name(project)["validate"]) == 1  # skipped stages log no new run
+
+    # `dvc repro` in the same checkout agrees that nothing is left to do.
+    repro = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "didn't change, skipping" in repro.stdout
+    assert "Running stage" not in repro.stdout
+
+    # A changed param reruns exactly the stage that reads it.
+    set_params(project / "params.yaml", {"prepare.shard_size": 32})
+    third = trial(str(project))
+    assert third["stages"] == {"validate": "skipped", "prepare": "ran"}
+
+
+def test_data_failure_stops_the_trial_without_retries(project: Path, prefect_server) -> None:
+    set_params(project / "params.yaml", {"validate.min_images": 10_000})
+    state = trial(str(project), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StageFailed, match="validate") as info:
+        state.result()
+    assert info.value.exit_code == 1
+    runs = runs_by_name(project)
+    assert len(runs["validate"]) == 1  # a data error is final: no retry
+    assert "prepare" not in runs
+    parent = runs["trial"][0]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["ldm.failed_stage"] == "validate"
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (StageFailed("validate", 1, "quality suite failed"), False),
+        (StageFailed("validate", 2, "bad config"), False),
+        (StageFailed("validate", 3, "unexpected error"), True),
+        (StageFailed("train", -9, "killed"), True),
+        (StageFailed("train", None, "timed out"), True),
+        (OSError("database is locked"), True),
+    ],
+)
+def test_only_transient_failures_are_retried(error: Exception, retry: bool) -> None:
+    assert is_transient(None, None, Failed(data=error)) is retry

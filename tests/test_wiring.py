@@ -1,0 +1,90 @@
+"""The layers and names DESIGN.md asks for: one stage name everywhere, imports pointing down."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import yaml
+
+from ldm.cli import app
+from ldm.config import Config
+from ldm.paths import Paths
+from ldm.stages import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_stage_names_agree_across_dvc_cli_and_library() -> None:
+    assert list(DVC) == list(STAGES)
+    commands = {command.name or command.callback.__name__ for command in app.registered_commands}
+    for stage in STAGES:
+        assert stage.replace("_", "-") in commands
+        assert DVC[stage]["cmd"] == f"ldm {stage.replace('_', '-')}"
+
+
+def test_dvc_params_name_existing_config_keys() -> None:
+    sections = {
+        field.alias or name: field.annotation for name, field in Config.model_fields.items()
+    }
+    for stage, spec in DVC.items():
+        for entry in spec["params"]:
+            section, _, key = entry.partition(".")
+            assert section in sections, (stage, entry)
+            assert not key or key in sections[section].model_fields, (stage, entry)
+
+
+def test_dvc_outputs_are_the_paths_the_stages_write() -> None:
+    paths = Paths(REPO)
+    outs = {out for spec in DVC.values() for out in spec["outs"]}
+    for path in (paths.manifest, paths.rejected, paths.prepared):
+        assert str(path.relative_to(REPO)) in outs
+    metrics = {next(iter(m)) for spec in DVC.values() for m in spec["metrics"]}
+    assert metrics == {str(paths.stage_metrics(s).relative_to(REPO)) for s in STAGES}
+    assert "data/validated/manifest.parquet" in DVC["prepare"]["deps"]
+
+
+def test_dvc_code_deps_exist() -> None:
+    for spec in DVC.values():
+        for dep in spec["deps"]:
+            if dep.startswith("ldm/"):
+                assert (REPO / dep).is_file(), dep
+
+
+def test_ldm_never_imports_prefect_and_only_tracking_imports_mlflow() -> None:
+    for path in (REPO / "ldm").rglob("*.py"):
+        modules = imported_modules(path)
+        assert "prefect" not in modules, path
+        assert "flows" not in modules, path
+        if path.name != "tracking.py":
+            assert "mlflow" not in modules, path
+
+
+def test_flows_hold_no_model_code() -> None:
+    for path in (REPO / "flows").rglob("*.py"):
+        assert not {"torch", "numpy", "PIL", "polars"} & imported_modules(path), path
+
+
+def test_source_files_stay_small() -> None:
+    for path in [*(REPO / "ldm").rglob("*.py"), *(REPO / "flows").rglob("*.py")]:
+        assert len(path.read_text().splitlines()) <= 400, path
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M)
+    assert "make test" in readme and "make run" in readme
