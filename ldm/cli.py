@@ -159,10 +159,12 @@ def sample_data(
     seed: Annotated[int, typer.Option(help="Seed of the crops; same seed, same bytes.")] = 0,
 ) -> None:
     """Write a small real dataset (crops of photos shipped with scikit-image) into DIRECTORY."""
-    from ldm.data.sample import write_sample
+    from ldm.data.sample import PHOTOS, write_sample
+    from ldm.progress import progress_bar
 
     try:
-        counts = write_sample(directory, per_class=per_class, size=size, seed=seed)
+        with progress_bar(f"sample-data {directory}", per_class * len(PHOTOS)) as advance:
+            counts = write_sample(directory, per_class, size, seed, progress=advance)
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
     typer.echo(f"wrote {sum(counts.values())} images in {len(counts)} classes to {directory}")

@@ -16,6 +16,8 @@ from PIL import Image, ImageOps
 # Pillow's own guard (a warning above 89 MP, an error above 179 MP) only adds noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
+ORIENTATION = 0x0112  # the EXIF tag that says how the camera was held
+
 
 class TooManyPixels(ValueError):
     """The header announces more pixels than allowed; nothing was decoded."""
@@ -36,7 +38,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """Upright 8-bit RGB: EXIF orientation applied, alpha composited on white, 16-bit scaled."""
-    im = ImageOps.exif_transpose(im)
+    if im.getexif().get(ORIENTATION, 1) != 1:  # most files are upright: skip the copy
+        im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         # 16-bit files hold 0..65535; a float or 32-bit image already in 0..255 stays as it is.
@@ -48,7 +51,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:

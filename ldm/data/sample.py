@@ -28,8 +28,6 @@ PHOTOS: dict[str, str] = {
     "gravel": "gravel",  # grayscale texture, 512 x 512
     "tissue": "immunohistochemistry",  # RGB micrograph, 512 x 512
 }
-DEFAULT_PER_CLASS = 200
-DEFAULT_SIZE = 128
 JPEG_QUALITY = 92
 CROP_FRACTION = (0.25, 0.5)  # crop side, as a share of the photo's shorter side
 
@@ -71,9 +69,9 @@ def _check_empty(out_dir: Path) -> None:
 
 def write_sample(
     out_dir: Path,
-    per_class: int = DEFAULT_PER_CLASS,
-    size: int = DEFAULT_SIZE,
-    seed: int = 0,
+    per_class: int,
+    size: int,
+    seed: int,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     """Write per_class JPEGs per class folder into the empty `out_dir`; return counts per class.
