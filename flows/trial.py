@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import prefect.runtime
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -119,7 +120,12 @@ def trial(root: str) -> dict:
     cfg = config.load(params)
     settings = cfg.orchestration
     started = time.perf_counter()
-    with tracking.trial_run(project, cfg.tracking.experiment, params) as tracker:
+    # Name the MLflow run after the Prefect flow run, so either UI leads to the other.
+    flow_run_name = prefect.runtime.flow_run.name
+    links = {"prefect.flow_run_id": str(prefect.runtime.flow_run.id)}
+    with tracking.trial_run(
+        project, cfg.tracking.experiment, params, f"trial {flow_run_name}", links
+    ) as tracker:
         outcome: dict[str, str] = {}
         for stage in STAGES:
             stage_task = run_stage.with_options(

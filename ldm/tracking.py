@@ -112,7 +112,9 @@ def _client_and_experiment(root: Path, name: str) -> tuple[MlflowClient, str]:
     # MLflow's default artifact root is relative to the current directory; pin it to the project.
     location = (root.resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
     try:
-        return client, client.create_experiment(name, artifact_location=location)
+        # The kind tag opens the MLflow UI in its model-training view, not the GenAI one.
+        tags = {"mlflow.experimentKind": "custom_model_development"}
+        return client, client.create_experiment(name, artifact_location=location, tags=tags)
     except MlflowException:  # another process created it between our look-up and create
         return client, client.get_experiment_by_name(name).experiment_id
 
@@ -175,11 +177,13 @@ def stage_run(root: Path, experiment: str, stage: str) -> Iterator[MlflowTracker
 
 
 @contextmanager
-def trial_run(root: Path, experiment: str, params_path: Path) -> Iterator[MlflowTracker]:
+def trial_run(
+    root: Path, experiment: str, params_path: Path, name: str, tags: dict[str, str]
+) -> Iterator[MlflowTracker]:
     """The parent run of one `ldm run`: provenance tags and the params file as an artifact."""
     client, experiment_id = _client_and_experiment(root, experiment)
-    tags = {"ldm.kind": "trial", **provenance_tags(root)}
-    with _run(client, experiment_id, "trial", tags) as tracker:
+    tags = {"ldm.kind": "trial", **provenance_tags(root), **tags}
+    with _run(client, experiment_id, name, tags) as tracker:
         tracker.log_artifact(params_path)
         yield tracker
         lock_hash = provenance_tags(root).get("dvc_lock_sha256")

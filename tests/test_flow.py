@@ -37,8 +37,9 @@ def test_trial_runs_each_stage_through_dvc_then_skips_them(project: Path, prefec
         (stage_run,) = runs[stage]
         assert stage_run.data.tags["mlflow.parentRunId"] == parent_id
         assert stage_run.info.status == "FINISHED"
-    parent = runs["trial"][0]
+    (parent,) = [run for name, found in runs.items() if name.startswith("trial ") for run in found]
     assert parent.info.run_id == parent_id
+    assert parent.data.tags["prefect.flow_run_id"]
     assert parent.data.metrics["stages_ran"] == 2
     assert parent.data.tags["stage.prepare"] == "ran"
 
@@ -78,7 +79,7 @@ def test_data_failure_stops_the_trial_without_retries(project: Path, prefect_ser
     runs = runs_by_name(project)
     assert len(runs["validate"]) == 1  # a data error is final: no retry
     assert "prepare" not in runs
-    parent = runs["trial"][0]
+    (parent,) = [run for name, found in runs.items() if name.startswith("trial ") for run in found]
     assert parent.info.status == "FAILED"
     assert parent.data.tags["ldm.failed_stage"] == "validate"
 

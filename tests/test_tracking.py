@@ -59,7 +59,9 @@ def test_failed_stage_run_is_marked_failed(project: Path) -> None:
 
 
 def test_stage_nests_under_the_trial_run(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with tracking.trial_run(project, "ldm-poc", project / "params.yaml") as parent:
+    with tracking.trial_run(
+        project, "ldm-poc", project / "params.yaml", "trial by hand", {"origin": "test"}
+    ) as parent:
         monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.run_id)
         assert runner.invoke(app, ["validate"]).exit_code == 0
     client = client_for(project)
@@ -67,6 +69,8 @@ def test_stage_nests_under_the_trial_run(project: Path, monkeypatch: pytest.Monk
     assert child.data.tags["mlflow.parentRunId"] == parent.run_id
     trial = client.get_run(parent.run_id)
     assert trial.data.tags["ldm.kind"] == "trial"
+    assert trial.data.tags["origin"] == "test"
+    assert trial.info.run_name == "trial by hand"
     assert "params.yaml" in {a.path for a in client.list_artifacts(parent.run_id)}
 
 
