@@ -99,10 +99,20 @@ def run(
     paths = Paths.discover()
     params = paths.root / "params.yaml"
     cfg = load_config(paths, params, overrides)
+    ensure_images(paths.resolve(cfg.data.raw_dir), sample_if_empty)
     if overrides:
         for line in write_overrides(params, overrides):
             typer.echo(line)
-    raw_dir = paths.resolve(cfg.data.raw_dir)
+    outcome = start_trial_flow(paths.root)
+    for stage, status in outcome["stages"].items():
+        typer.echo(f"  {stage:<16} {status}")
+    typer.echo(f"MLflow parent run: {outcome['mlflow_parent_run_id']}  (browse with `ldm ui`)")
+
+
+def ensure_images(raw_dir: Path, sample_if_empty: bool) -> None:
+    """Fail early, or write the sample, when the data folder cannot feed a trial."""
+    from ldm.data.validate import dvc_blockers
+
     if not raw_dir.is_dir() or not any(entry.is_file() for entry in raw_dir.rglob("*")):
         if not sample_if_empty:
             raise fail(
@@ -114,6 +124,19 @@ def run(
             "using it. To trial your own images, replace it with them."
         )
         sample_data(raw_dir)
+    blockers = dvc_blockers(raw_dir)
+    if blockers:
+        listed = "\n".join(f"  {raw_dir / path}" for path in blockers[:20])
+        raise fail(
+            f"{len(blockers)} broken symlink(s) under {raw_dir} stop DVC from hashing "
+            f"the data:\n{listed}\nFix their targets or remove the links, then run "
+            "again (`ldm validate` lists every other problem too).",
+            EXIT_USER,
+        )
+
+
+def start_trial_flow(root: Path) -> dict:
+    """Run `python -m flows.trial` in its own process: `ldm` itself never imports Prefect."""
     import json
     import os
     import subprocess
@@ -121,32 +144,25 @@ def run(
     import tempfile
 
     # Prefect's local server keeps its run history in the project unless a server is configured.
-    env = {"PREFECT_HOME": str(paths.root / ".prefect"), **os.environ}
-    # The flow runs in its own process: `ldm` never imports Prefect (flows/ sits above ldm/).
+    env = {"PREFECT_HOME": str(root / ".prefect"), **os.environ}
     with tempfile.TemporaryDirectory() as scratch:
         result_file = Path(scratch) / "trial.json"
-        flow = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "flows.trial",
-                str(paths.root),
-                "--result-file",
-                str(result_file),
-            ],
-            env=env,
-            check=False,
-        )
-        outcome = json.loads(result_file.read_text()) if result_file.is_file() else None
-    if flow.returncode != 0 or outcome is None:
-        raise fail(
-            "the trial failed (the log above names the stage and why). The trial's MLflow "
-            "run holds what ran before it: `ldm ui`.",
-            EXIT_USER,
-        )
-    for stage, status in outcome["stages"].items():
-        typer.echo(f"  {stage:<16} {status}")
-    typer.echo(f"MLflow parent run: {outcome['mlflow_parent_run_id']}  (browse with `ldm ui`)")
+        command = [
+            sys.executable,
+            "-m",
+            "flows.trial",
+            str(root),
+            "--result-file",
+            str(result_file),
+        ]
+        flow = subprocess.run(command, env=env, check=False)
+        if flow.returncode != 0 or not result_file.is_file():
+            raise fail(
+                "the trial failed (the log above names the stage and why). The trial's "
+                "MLflow run holds what ran before it: `ldm ui`.",
+                EXIT_USER,
+            )
+        return json.loads(result_file.read_text())
 
 
 @app.command("sample-data")

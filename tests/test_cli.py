@@ -98,3 +98,22 @@ def test_show_config_prints_the_overridden_value(project: Path) -> None:
     result = runner.invoke(app, ["show-config", "--set", "data.resolution=48"])
     assert result.exit_code == 0
     assert "resolution: 48" in result.output
+
+
+def test_run_names_broken_symlinks_before_dvc_trips_on_them(project: Path) -> None:
+    link = project / "data/raw/brick/dangling.jpg"
+    link.symlink_to(project / "no-such-file.jpg")
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == 1
+    assert "broken symlink" in result.stderr and "dangling.jpg" in result.stderr
+    assert link.is_symlink()  # reported, never removed
+
+
+def test_run_without_images_and_without_sample_says_where_to_put_them(
+    project: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "nothing-here"
+    result = runner.invoke(app, ["run", "--no-sample-if-empty", "--set", f"data.raw_dir={empty}"])
+    assert result.exit_code == 1
+    assert "holds no files" in result.stderr
+    assert "raw_dir: data/raw" in (project / "params.yaml").read_text()  # nothing written

@@ -97,3 +97,24 @@ def test_data_failure_stops_the_trial_without_retries(project: Path, prefect_ser
 )
 def test_only_transient_failures_are_retried(error: Exception, retry: bool) -> None:
     assert is_transient(None, None, Failed(data=error)) is retry
+
+
+def test_ldm_run_starts_the_flow_and_reports_the_parent_run(
+    project: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+    from typer.testing import CliRunner
+
+    from ldm.cli import app
+
+    # The flow runs in a child process; point it at this session's test server.
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    result = CliRunner().invoke(app, ["run", "--set", "prepare.shard_size=50"])
+    assert result.exit_code == 0, result.output
+    assert "prepare.shard_size: 64 -> 50" in result.output
+    assert "shard_size: 50" in (project / "params.yaml").read_text()
+    lines = result.output.splitlines()
+    assert any(line.split() == ["validate", "ran"] for line in lines)
+    parent_id = next(line.split()[3] for line in lines if line.startswith("MLflow parent run:"))
+    (validate_run,) = runs_by_name(project)["validate"]
+    assert validate_run.data.tags["mlflow.parentRunId"] == parent_id

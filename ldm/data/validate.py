@@ -53,6 +53,18 @@ def list_files(raw_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return sorted(found), unlisted
 
 
+def dvc_blockers(raw_dir: Path) -> list[str]:
+    """Entries that stop DVC from hashing the data folder, so `ldm run` can name them first.
+
+    `ldm validate` rejects a dangling symlink like any bad file, but DVC, which hashes the whole
+    folder to decide what reruns, fails on one with a bare "No such file or directory".
+    """
+    if not raw_dir.is_dir():
+        return []
+    files, _ = list_files(raw_dir)
+    return [path for path in files if not (raw_dir / path).exists()]  # exists() follows links
+
+
 def mark_duplicates(rows: list[dict[str, Any]]) -> None:
     """Keep the first accepted row (by path) of each sha256; reject the other copies in place."""
     kept: dict[str, str] = {}
