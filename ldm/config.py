@@ -9,7 +9,7 @@ keeps it in step with these models, so DVC tracks everything that changes a resu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +38,61 @@ class PrepareConfig(Section):
     shard_size: int = Field(ge=1)  # images per .npy shard
 
 
+class TokenizerConfig(Section):
+    """The KL-VAE and how `train_tokenizer` trains it (`align_tokenizer` reuses the optimiser)."""
+
+    preset: Literal["f4d8", "f16d16", "f16d32", "f16d64"]  # architecture, see ldm/tokenizer/model.py
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    betas: tuple[float, float]
+    warmup_steps: int = Field(ge=0)
+    lr_schedule: Literal["constant", "cosine"]
+    kl_weight: float = Field(ge=0.0)
+    perceptual: Literal["effnet_lite0", "lpips_vgg", "none"]  # the network behind the perceptual loss
+    perceptual_weight: float = Field(ge=0.0)
+    lpips_vgg_weights: Path | None  # local torchvision VGG16 weights, needed for lpips_vgg
+    disc_weight: float = Field(ge=0.0)  # 0 switches the PatchGAN off
+    disc_start: int = Field(ge=0)  # step at which the GAN loss starts
+    eval_every: int = Field(ge=1)  # steps between validation losses and a reconstruction grid
+    checkpoint_every: int = Field(ge=1)
+    grid_images: int = Field(ge=1)  # originals shown over their reconstructions
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["fp32", "bf16"]  # bf16 autocast, CUDA only
+    compile: bool  # torch.compile, CUDA only
+    channels_last: bool
+
+
+class AlignPhase(Section):
+    steps: int = Field(ge=1)
+    vf_weight: float = Field(ge=0.0)  # w_hyper, times the adaptive weight
+    use_margins: bool  # False: margins 0, the paper's first, "align hard" phase
+
+
+class AlignConfig(Section):
+    """VA-VAE's alignment tuning: the VF loss against a frozen vision foundation model."""
+
+    init: Literal["plain", "scratch"]  # start from the plain tokenizer's checkpoint, or not
+    foundation: Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
+    foundation_weights: Path | None  # local checkpoint file, needed for the dinov2 models
+    foundation_sha256: str | None  # checked when given
+    phases: list[AlignPhase] = Field(min_length=1)
+    cos_margin: float = Field(ge=0.0, le=2.0)  # m1
+    distmat_margin: float = Field(ge=0.0, le=2.0)  # m2
+    cos_weight: float = Field(ge=0.0)
+    distmat_weight: float = Field(ge=0.0)
+    adaptive_max: float = Field(gt=0.0)  # clamp of the adaptive weight
+
+
+class EvaluateConfig(Section):
+    """How reconstructions (and later samples) are measured."""
+
+    features: Literal["effnet_lite2", "inception", "dinov2_vitl14"]  # space of the Frechet distance
+    features_weights: Path | None  # local weights for inception / dinov2
+    batch_size: int = Field(ge=1)
+
+
 class TrackingConfig(Section):
     experiment: str = Field(min_length=1)  # MLflow experiment that holds the trial's runs
 
@@ -57,6 +112,9 @@ class Config(Section):
     data: DataConfig
     validate_: ValidateConfig = Field(alias="validate")  # `validate` shadows a BaseModel method
     prepare: PrepareConfig
+    tokenizer: TokenizerConfig
+    align: AlignConfig
+    evaluate: EvaluateConfig
     tracking: TrackingConfig
     cost: CostConfig
     orchestration: OrchestrationConfig
@@ -150,6 +208,11 @@ def write_overrides(path: Path, overrides: list[str]) -> list[str]:
 
     validate_dict(apply_overrides(read_yaml(path), overrides), f"{path} with --set overrides")
     yaml_rt = YAML()  # round-trip mode: comments and key order survive
+    yaml_rt.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own list style
+    yaml_rt.width = 4096  # never re-wrap a long line
+    yaml_rt.representer.add_representer(  # keep `null` written out, as the file has it
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     doc = yaml_rt.load(path.read_text())
     changes = []
     for text in overrides:
