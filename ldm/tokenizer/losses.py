@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def gradient_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor,
-                        layer_weight: torch.Tensor, max_value: float) -> torch.Tensor:
+def gradient_norm_ratio(
+    numerator: torch.Tensor, denominator: torch.Tensor, layer_weight: torch.Tensor, max_value: float
+) -> torch.Tensor:
     """‖∂numerator/∂W‖ / (‖∂denominator/∂W‖ + 1e-4) on one layer's weight W, clamped, detached.
 
     VQGAN balances its GAN loss this way on the decoder's last layer; VA-VAE balances the VF loss
