@@ -79,6 +79,18 @@ def prepare(params: ParamsOption = None, overrides: SetOption = None) -> None:
     run_stage("prepare", params, overrides)
 
 
+@app.command("train-tokenizer")
+def train_tokenizer(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Train the plain KL-VAE tokenizer (reconstruction losses only)."""
+    run_stage("train_tokenizer", params, overrides)
+
+
+@app.command("align-tokenizer")
+def align_tokenizer(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Alignment tuning: train the tokenizer with VA-VAE's VF loss (align section)."""
+    run_stage("align_tokenizer", params, overrides)
+
+
 @app.command()
 def run(
     overrides: SetOption = None,

@@ -41,7 +41,9 @@ class PrepareConfig(Section):
 class TokenizerConfig(Section):
     """The KL-VAE and how `train_tokenizer` trains it (`align_tokenizer` reuses the optimiser)."""
 
-    preset: Literal["f4d8", "f16d16", "f16d32", "f16d64"]  # architecture, see ldm/tokenizer/model.py
+    preset: Literal[
+        "f4d8", "f16d16", "f16d32", "f16d64"
+    ]  # architecture, see ldm/tokenizer/model.py
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0.0)
@@ -49,7 +51,9 @@ class TokenizerConfig(Section):
     warmup_steps: int = Field(ge=0)
     lr_schedule: Literal["constant", "cosine"]
     kl_weight: float = Field(ge=0.0)
-    perceptual: Literal["effnet_lite0", "lpips_vgg", "none"]  # the network behind the perceptual loss
+    perceptual: Literal[
+        "effnet_lite0", "lpips_vgg", "none"
+    ]  # the network behind the perceptual loss
     perceptual_weight: float = Field(ge=0.0)
     lpips_vgg_weights: Path | None  # local torchvision VGG16 weights, needed for lpips_vgg
     disc_weight: float = Field(ge=0.0)  # 0 switches the PatchGAN off

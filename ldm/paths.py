@@ -58,3 +58,14 @@ class Paths:
 
     def stage_metrics(self, stage: str) -> Path:
         return self.metrics / f"{stage}.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.data / "checkpoints"
+
+    def tokenizer(self, variant: str) -> Path:
+        return self.checkpoints / f"tokenizer-{variant}"
+
+    def work(self, stage: str) -> Path:
+        """A stage's resume points: outside its DVC outputs, which DVC clears before a rerun."""
+        return self.data / ".work" / stage

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
     from mlflow import MlflowClient
 
 PARENT_RUN_ENV = "LDM_PARENT_RUN_ID"
@@ -32,6 +33,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None: ...
 
 
 class NullTracker:
@@ -47,6 +49,9 @@ class NullTracker:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         pass
 
 
@@ -81,6 +86,10 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self._client.set_tag(self.run_id, key, value)
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """A uint8 HxWx3 picture in a step-indexed series (the UI shows a step slider)."""
+        self._client.log_image(self.run_id, image, key=key, step=step)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -22,6 +22,17 @@ TINY_PARAMS = {
     "validate.min_images": 30,
     "validate.min_images_per_class": 5,
     "prepare.shard_size": 64,
+    "tokenizer.steps": 4,
+    "tokenizer.batch_size": 8,
+    "tokenizer.warmup_steps": 1,
+    "tokenizer.eval_every": 2,
+    "tokenizer.checkpoint_every": 2,
+    "tokenizer.grid_images": 4,
+    "align.phases": [
+        {"steps": 2, "vf_weight": 0.5, "use_margins": False},
+        {"steps": 2, "vf_weight": 0.1, "use_margins": True},
+    ],
+    "evaluate.batch_size": 32,
 }
 
 

@@ -1,0 +1,64 @@
+"""Deterministic training batches from prepared shards.
+
+Batch k is a function of (seed, k) alone: every epoch is a fresh permutation drawn from the
+seed and the epoch number, and each batch's flips from the seed and k. A run resumed at step k
+therefore sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [-1, 1]."""
+    x = torch.tensor(np.asarray(images)).permute(0, 3, 1, 2)  # (B, 3, H, W), a writable copy
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float NCHW in [-1, 1] -> uint8 NHWC, clamped."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class ImageBatches:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, hflip: bool
+    ) -> None:
+        if len(images) == 0:
+            raise ValueError("no images to train on")
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed, self.hflip = batch_size, seed, hflip
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms[epoch] = torch.randperm(len(self.images), generator=g)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        n = len(self.images)
+        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        return np.array([int(self._perm(int(p // n))[p % n]) for p in positions])
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] (B, 3, H, W), labels (B,) and keys (B,) for step `step`.
+
+        A key names the exact picture shown, 2·index + flipped, so per-image features can be
+        cached across epochs.
+        """
+        idx = self.indices(step)
+        order = np.argsort(idx)  # sorted reads are kinder to memory-mapped shards
+        x = to_model_range(self.images[idx[order]])[np.argsort(order)]
+        y = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.int64))
+        flip = torch.zeros(len(idx), dtype=torch.bool)
+        if self.hflip:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * step + 1)
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            x[flip] = x[flip].flip(-1)
+        return x, y, torch.from_numpy(idx) * 2 + flip.long()

@@ -1,0 +1,83 @@
+"""How good a trained tokenizer is: reconstruction quality and closeness to foundation features.
+
+Reconstructions use the posterior mean (no sampling noise), as the paper's rFID/PSNR tables do.
+Every number is named after the network that measured it, so numbers measured in different
+spaces are never compared by accident.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ldm.align import linear_cka
+from ldm.evaluate import feature_stats, frechet_distance, metric_name, psnr, ssim
+from ldm.tokenizer.model import Tokenizer
+
+CKA_MAX_ROWS = 50_000  # latent positions used for CKA; more adds time, not precision
+
+
+@torch.no_grad()
+def latent_statistics(
+    model: Tokenizer, images: torch.Tensor, device: torch.device, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the posterior means over `images` (B, 3, H, W)."""
+    model.eval()
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(images), batch_size):
+        z = model.posterior(images[start : start + batch_size].to(device)).mode().double()
+        total = total + z.sum(dim=(0, 2, 3))
+        total_sq = total_sq + z.pow(2).sum(dim=(0, 2, 3))
+        count += z.shape[0] * z.shape[2] * z.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.float().cpu(), std.float().cpu()
+
+
+@torch.no_grad()
+def measure_reconstruction(
+    model: Tokenizer,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    perceptual: nn.Module | None,
+    eval_net: nn.Module,
+    foundation: nn.Module,
+) -> dict[str, float]:
+    """PSNR, SSIM, perceptual distance, rFD and latent-feature CKA over `images` in [-1, 1]."""
+    model.eval()
+    grid = model.latent_shape[1:]
+    psnrs, ssims, dists, real, fake, latents, feats = [], [], [], [], [], [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device)
+        z = model.posterior(x).mode()  # (B, d, h, w)
+        recon = model.decode_raw(z).float().clamp(-1, 1)
+        psnrs.append(psnr(recon, x).cpu())
+        ssims.append(ssim(recon, x).cpu())
+        if perceptual is not None:
+            dists.append(perceptual(recon, x).float().cpu())
+        real.append(eval_net(x).double().cpu())
+        fake.append(eval_net(recon).double().cpu())
+        latents.append(z.float().cpu())
+        feats.append(foundation(x, grid).float().cpu())
+    metrics = {
+        "psnr": torch.cat(psnrs).mean().item(),
+        "ssim": torch.cat(ssims).mean().item(),
+        "r" + metric_name(eval_net.name): frechet_distance(
+            *feature_stats(torch.cat(real)), *feature_stats(torch.cat(fake))
+        ),
+        f"cka_{foundation.name}": latent_cka(torch.cat(latents), torch.cat(feats)),
+    }
+    if perceptual is not None:
+        metrics[f"perceptual_{perceptual.name}"] = torch.cat(dists).mean().item()
+    return metrics
+
+
+def latent_cka(latents: torch.Tensor, features: torch.Tensor) -> float:
+    """Linear CKA between latent and feature vectors at the same grid positions."""
+    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # (B·h·w, d)
+    y = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # (B·h·w, C_f)
+    if len(x) > CKA_MAX_ROWS:  # a fixed, evenly spread subset: same rows for every tokenizer
+        keep = torch.linspace(0, len(x) - 1, CKA_MAX_ROWS).long()
+        x, y = x[keep], y[keep]
+    return float(linear_cka(x.double(), y.double()))

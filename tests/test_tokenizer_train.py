@@ -1,0 +1,185 @@
+"""The tokenizer's training loop: exact resume, divergence handling, atomic checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ldm import checkpoint, config
+from ldm.align import VFProjection, load_foundation
+from ldm.data.batches import ImageBatches, to_model_range
+from ldm.tokenizer.model import Tokenizer, TokenizerArch
+from ldm.tokenizer.train import Alignment, NonFiniteLoss, TrainRun, fit, learning_rate
+from ldm.tracking import NullTracker
+
+REPO = Path(__file__).resolve().parents[1]
+ARCH = TokenizerArch(
+    ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), latent_channels=4, resolution=16
+)
+
+
+def smooth_images(n: int, seed: int) -> np.ndarray:
+    """n random colour gradients, 16 x 16: easy to reconstruct, different from each other."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, 16)
+    x, y = np.meshgrid(ramp, ramp)  # (16, 16) each
+    images = [
+        np.stack([a * x, b * y, c * (x + y) / 2], -1) for a, b, c in rng.uniform(0, 255, (n, 3))
+    ]
+    return np.array(images).astype(np.uint8)  # (n, 16, 16, 3)
+
+
+IMAGES = smooth_images(12, 0)
+
+
+def make_run(
+    work: Path,
+    steps: int,
+    aligned: bool = False,
+    model: Tokenizer | None = None,
+    **overrides: object,
+) -> TrainRun:
+    sets = {
+        "steps": steps,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "eval_every": 3,
+        "checkpoint_every": 2,
+        "grid_images": 2,
+        "perceptual": "none",
+        **overrides,
+    }
+    cfg = config.load(REPO / "params.yaml", [f"tokenizer.{k}={v}" for k, v in sets.items()])
+    torch.manual_seed(0)
+    model = model or Tokenizer(ARCH)
+    alignment = None
+    if aligned:
+        foundation = load_foundation("effnet_lite0", None, None)
+        alignment = Alignment(
+            foundation,
+            VFProjection(4, foundation.feature_dim),
+            list(cfg.align.phases),
+            0.5,
+            0.25,
+            1.0,
+            1.0,
+            1e8,
+        )
+        alignment.phases = [p.model_copy(update={"steps": steps // 2}) for p in cfg.align.phases]
+    return TrainRun(
+        model=model,
+        cfg=cfg.tokenizer,
+        steps=steps,
+        batches=ImageBatches(IMAGES, np.zeros(12, np.int64), 4, seed=0, hflip=True),
+        val_images=to_model_range(smooth_images(4, 1)),
+        perceptual=None,
+        alignment=alignment,
+        work_dir=work,
+        fingerprint=str(sets),
+        device=torch.device("cpu"),
+    )
+
+
+def killed_after(n_steps: int):
+    seen = [0]
+
+    def progress(n: int) -> None:
+        seen[0] += n
+        if seen[0] >= n_steps:
+            raise KeyboardInterrupt  # as if the process were stopped here
+
+    return progress
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_resume_after_a_kill_gives_the_same_weights(tmp_path: Path, aligned: bool) -> None:
+    uninterrupted = make_run(tmp_path / "a", 6, aligned)
+    fit(uninterrupted, NullTracker(), lambda n: None)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_run(tmp_path / "b", 6, aligned), NullTracker(), killed_after(5))
+    assert checkpoint.latest_state(tmp_path / "b").name == "step-00000004"
+
+    resumed = make_run(tmp_path / "b", 6, aligned)  # a new process: fresh objects
+    fit(resumed, NullTracker(), lambda n: None)
+    assert resumed.history["resumed_from_step"] == 4
+    expected = uninterrupted.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+    if aligned:
+        ours, theirs = (r.alignment.projection.state_dict() for r in (resumed, uninterrupted))
+        for name, value in ours.items():
+            torch.testing.assert_close(value, theirs[name], msg=name)
+
+
+def test_state_from_other_settings_is_not_resumed(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_run(tmp_path, 6), NullTracker(), killed_after(3))
+    changed = make_run(tmp_path, 6, lr=0.001)
+    fit(changed, NullTracker(), lambda n: None)
+    assert "resumed_from_step" not in changed.history
+
+
+def test_training_reduces_the_reconstruction_error(tmp_path: Path) -> None:
+    run = make_run(tmp_path, 40, lr=0.003)
+    run.history.clear()
+    with torch.no_grad():
+        before = (run.model(to_model_range(IMAGES), sample=False)[0] - to_model_range(IMAGES)).abs()
+    metrics = fit(run, NullTracker(), lambda n: None)
+    with torch.no_grad():
+        after = (run.model(to_model_range(IMAGES), sample=False)[0] - to_model_range(IMAGES)).abs()
+    assert after.mean().item() < 0.5 * before.mean().item()
+    assert metrics["train/steps"] == 40 and metrics["train/final_loss"] > 0
+
+
+class Exploding(Tokenizer):
+    """Returns NaN reconstructions from the 4th call on, as a diverged model would."""
+
+    calls = 0
+
+    def forward(self, x, sample=True, generator=None):  # noqa: ANN001, ANN201
+        recon, posterior, z = super().forward(x, sample=sample, generator=generator)
+        Exploding.calls += 1
+        return (recon * float("nan") if Exploding.calls > 3 else recon), posterior, z
+
+
+def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path: Path) -> None:
+    Exploding.calls = 0
+    torch.manual_seed(0)
+    run = make_run(tmp_path, 6, model=Exploding(ARCH))
+    with pytest.raises(NonFiniteLoss, match="step 3") as info:
+        fit(run, NullTracker(), lambda n: None)
+    assert "step-00000002" in str(info.value)
+    assert checkpoint.latest_state(tmp_path).name == "step-00000002"
+
+
+def test_a_failed_checkpoint_write_leaves_the_last_complete_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = torch.nn.Linear(2, 2)
+    checkpoint.save_state(tmp_path, 2, {"model": model}, {"note": "good"})
+
+    def broken_save(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_state(tmp_path, 4, {"model": model}, {"note": "new"})
+    assert checkpoint.latest_state(tmp_path).name == "step-00000002"
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000002"]  # no half-written folder
+    monkeypatch.undo()
+    state = checkpoint.load_state(tmp_path / "step-00000002", {"model": torch.nn.Linear(2, 2)})
+    assert state["note"] == "good" and state["step"] == 2
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
+    cfg = config.load(REPO / "params.yaml", ["tokenizer.warmup_steps=10", "tokenizer.lr=1.0"])
+    tok = cfg.tokenizer
+    assert learning_rate(tok, 0, 100) == pytest.approx(0.1)
+    assert learning_rate(tok, 9, 100) == pytest.approx(1.0)
+    assert learning_rate(tok, 100, 100) == pytest.approx(0.1)
+    constant = tok.model_copy(update={"lr_schedule": "constant"})
+    assert learning_rate(constant, 50, 100) == pytest.approx(1.0)
