@@ -10,11 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldm.align import linear_cka
+from ldm.align import latent_feature_cka
 from ldm.evaluate import feature_stats, frechet_distance, metric_name, psnr, ssim
 from ldm.tokenizer.model import Tokenizer
-
-CKA_MAX_ROWS = 50_000  # latent positions used for CKA; more adds time, not precision
 
 
 @torch.no_grad()
@@ -66,18 +64,8 @@ def measure_reconstruction(
         "r" + metric_name(eval_net.name): frechet_distance(
             *feature_stats(torch.cat(real)), *feature_stats(torch.cat(fake))
         ),
-        f"cka_{foundation.name}": latent_cka(torch.cat(latents), torch.cat(feats)),
+        f"cka_{foundation.name}": latent_feature_cka(torch.cat(latents), torch.cat(feats)),
     }
     if perceptual is not None:
         metrics[f"perceptual_{perceptual.name}"] = torch.cat(dists).mean().item()
     return metrics
-
-
-def latent_cka(latents: torch.Tensor, features: torch.Tensor) -> float:
-    """Linear CKA between latent and feature vectors at the same grid positions."""
-    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # (B·h·w, d)
-    y = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # (B·h·w, C_f)
-    if len(x) > CKA_MAX_ROWS:  # a fixed, evenly spread subset: same rows for every tokenizer
-        keep = torch.linspace(0, len(x) - 1, CKA_MAX_ROWS).long()
-        x, y = x[keep], y[keep]
-    return float(linear_cka(x.double(), y.double()))
