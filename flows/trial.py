@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from ldm import config, tracking
-from ldm.stages import STAGES
+from ldm.stages import stage_names
 
 # `ldm <stage>` exits 1 when the data or setup needs a fix and 2 on a bad config: retrying those
 # cannot help. Anything else (an unexpected error, a killed process, a locked store) is retried.
@@ -101,6 +101,11 @@ def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> None
         )
 
 
+def tag_key(stage: str) -> str:
+    """MLflow tag keys allow no '@': `encode@plain` is recorded as `stage.encode/plain`."""
+    return "stage." + stage.replace("@", "/")
+
+
 @task(cache_policy=NO_CACHE, retry_condition_fn=is_transient)
 def run_stage(root: str, stage: str, parent_run_id: str, timeout_s: float) -> str:
     """Run one stage through DVC unless it is up to date; returns "ran" or "skipped"."""
@@ -127,7 +132,7 @@ def trial(root: str) -> dict:
         project, cfg.tracking.experiment, params, f"trial {flow_run_name}", links
     ) as tracker:
         outcome: dict[str, str] = {}
-        for stage in STAGES:
+        for stage in stage_names(cfg):
             stage_task = run_stage.with_options(
                 name=stage,
                 task_run_name=stage,
@@ -139,9 +144,9 @@ def trial(root: str) -> dict:
                     root, stage, tracker.run_id, settings.stage_timeout_minutes * 60.0
                 )
             except StageFailed:
-                tracker.set_tags({f"stage.{stage}": "failed", "ldm.failed_stage": stage})
+                tracker.set_tags({tag_key(stage): "failed", "ldm.failed_stage": stage})
                 raise
-            tracker.set_tags({f"stage.{stage}": outcome[stage]})
+            tracker.set_tags({tag_key(stage): outcome[stage]})
         ran = sum(status == "ran" for status in outcome.values())
         tracker.log_metrics(
             {

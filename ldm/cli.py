@@ -49,13 +49,15 @@ def load_config(paths: Paths, params: Path | None, overrides: list[str] | None) 
         raise fail(str(err), EXIT_USAGE) from None
 
 
-def run_stage(stage: str, params: Path | None, overrides: list[str] | None) -> None:
+def run_stage(
+    stage: str, params: Path | None, overrides: list[str] | None, variant: str | None = None
+) -> None:
     paths = Paths.discover()
     cfg = load_config(paths, params, overrides)
     from ldm import stages
 
     try:
-        result = stages.run(stage, cfg, paths)
+        result = stages.run(stage, cfg, paths, variant)
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
     except Exception:
@@ -64,7 +66,8 @@ def run_stage(stage: str, params: Path | None, overrides: list[str] | None) -> N
             f"{stage}: unexpected error (see the traceback above)", EXIT_UNEXPECTED
         ) from None
     shown = {k: v for k, v in result.metrics.items() if not k.startswith("n_rejected_")}
-    typer.echo(f"{stage}: done  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
+    name = f"{stage}@{variant}" if variant else stage
+    typer.echo(f"{name}: done  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
 
 
 @app.command()
@@ -89,6 +92,85 @@ def train_tokenizer(params: ParamsOption = None, overrides: SetOption = None) ->
 def align_tokenizer(params: ParamsOption = None, overrides: SetOption = None) -> None:
     """Alignment tuning: train the tokenizer with VA-VAE's VF loss (align section)."""
     run_stage("align_tokenizer", params, overrides)
+
+
+VariantOption = Annotated[
+    str | None,
+    typer.Option(
+        "--variant", help="Tokenizer variant (see `variants` in params.yaml) [default: all]."
+    ),
+]
+
+
+def run_per_variant(
+    stage: str, params: Path | None, overrides: list[str] | None, variant: str | None
+) -> None:
+    cfg = load_config(Paths.discover(), params, overrides)
+    for name in [variant] if variant else cfg.variants:
+        run_stage(stage, params, overrides, name)
+
+
+@app.command()
+def encode(
+    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+) -> None:
+    """Encode the train split (and its mirror) into latents with a variant's tokenizer."""
+    run_per_variant("encode", params, overrides, variant)
+
+
+@app.command("train-diffusion")
+def train_diffusion(
+    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+) -> None:
+    """Train LightningDiT on a variant's latents (under torchrun: DDP over the GPUs)."""
+    run_per_variant("train_diffusion", params, overrides, variant)
+
+
+@app.command("sample")
+def sample_images(
+    out: Annotated[Path, typer.Argument(help="A .png file for a grid, or a folder for files.")],
+    variant: Annotated[str, typer.Option(help="Which variant's diffusion model.")] = "aligned",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="A diffusion release folder [default: data/checkpoints/diffusion-VARIANT]."
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of images.")] = 16,
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Draw only this class [default: the classes in turn]."),
+    ] = None,
+    params: ParamsOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Generate images with a trained diffusion model (sampler settings: `sample` section)."""
+    paths = Paths.discover()
+    cfg = load_config(paths, params, overrides)
+    from PIL import Image
+
+    from ldm.generate import generate, image_grid
+    from ldm.stages.tokenizer import pick_device
+
+    try:
+        images = generate(
+            checkpoint or paths.diffusion(variant),
+            paths.root,
+            n,
+            class_name,
+            cfg.sample,
+            pick_device(cfg.diffusion.device),
+        )
+    except LdmError as err:
+        raise fail(str(err), EXIT_USER) from None
+    if out.suffix.lower() == ".png":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image_grid(images, columns=min(n, 8))).save(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(out / f"sample-{i:05d}.png")
+    typer.echo(f"wrote {n} samples to {out}")
 
 
 @app.command()
@@ -196,6 +278,31 @@ def sample_data(
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
     typer.echo(f"wrote {sum(counts.values())} images in {len(counts)} classes to {directory}")
+
+
+@app.command()
+def preset(name: Annotated[str, typer.Argument(help="A file in presets/, e.g. paper.")]) -> None:
+    """Write a named preset's values into params.yaml (validated first; comments kept)."""
+    import json
+
+    import yaml
+
+    from ldm.config import write_overrides
+
+    paths = Paths.discover()
+    source = paths.root / "presets" / f"{name}.yaml"
+    if not source.is_file():
+        known = sorted(p.stem for p in (paths.root / "presets").glob("*.yaml"))
+        raise fail(f"no preset {name!r} in {source.parent}; known: {known}", EXIT_USAGE)
+    values = yaml.safe_load(source.read_text())
+    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    try:
+        changes = write_overrides(paths.root / "params.yaml", overrides)
+    except ConfigError as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    for line in changes:
+        typer.echo(line)
+    typer.echo(f"params.yaml now follows the {name} preset ({len(changes)} values changed)")
 
 
 @app.command("show-config")

@@ -89,6 +89,48 @@ class AlignConfig(Section):
     adaptive_max: float = Field(gt=0.0)  # clamp of the adaptive weight
 
 
+class DiffusionConfig(Section):
+    """LightningDiT on cached latents (train_diffusion)."""
+
+    model: str = Field(pattern=r"^(T|S|B|L|XL)/[12]$")  # size/patch, see ldm/diffusion/model.py
+    swiglu: bool
+    rmsnorm: bool
+    rope: bool
+    qk_norm: bool
+    class_dropout: float = Field(ge=0.0, lt=1.0)  # labels dropped to the null class, for CFG
+    steps: int = Field(ge=1)  # optimiser steps
+    batch_size: int = Field(ge=1)  # global batch per optimiser step, over all processes
+    micro_batch_size: int = Field(ge=1)  # per forward pass; the rest is gradient accumulation
+    lr: float = Field(gt=0.0)
+    betas: tuple[float, float]
+    weight_decay: float = Field(ge=0.0)
+    warmup_steps: int = Field(ge=0)
+    lr_schedule: Literal["constant", "cosine"]
+    ema_decay: float = Field(ge=0.0, lt=1.0)
+    grad_clip: float = Field(ge=0.0)  # max gradient norm; 0 = no clipping
+    t_sampling: Literal["uniform", "logit_normal"]
+    cos_weight: float = Field(ge=0.0)  # the velocity-direction loss
+    on_non_finite: Literal["stop", "rollback"]  # rollback: reload the last checkpoint, go on
+    checkpoint_every: int = Field(ge=1)
+    sample_every: int = Field(ge=1)  # steps between sample grids logged to MLflow
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["fp32", "bf16"]
+    compile: bool
+
+
+class SampleConfig(Section):
+    """The ODE sampler used for grids, `ldm sample` and evaluation."""
+
+    steps: int = Field(ge=1)
+    solver: Literal["euler", "heun"]
+    cfg_scale: float = Field(ge=1.0)  # 1 = no guidance
+    cfg_interval: tuple[float, float]  # guidance only for t in this range (t = 1 is noise)
+    shift: float = Field(gt=0.0)  # time-grid shift s; 1 = uniform, < 1 more steps near noise
+    batch_size: int = Field(ge=1)
+    seed: int
+
+
 class EvaluateConfig(Section):
     """How reconstructions (and later samples) are measured."""
 
@@ -113,11 +155,15 @@ class OrchestrationConfig(Section):
 
 
 class Config(Section):
+    # Tokenizer releases the per-variant stages (encode, train_diffusion) fan out over.
+    variants: list[Literal["plain", "aligned"]] = Field(min_length=1)
     data: DataConfig
     validate_: ValidateConfig = Field(alias="validate")  # `validate` shadows a BaseModel method
     prepare: PrepareConfig
     tokenizer: TokenizerConfig
     align: AlignConfig
+    diffusion: DiffusionConfig
+    sample: SampleConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig
     cost: CostConfig

@@ -66,6 +66,12 @@ class Paths:
     def tokenizer(self, variant: str) -> Path:
         return self.checkpoints / f"tokenizer-{variant}"
 
+    def latents(self, variant: str) -> Path:
+        return self.data / "latents" / variant
+
+    def diffusion(self, variant: str) -> Path:
+        return self.checkpoints / f"diffusion-{variant}"
+
     def work(self, stage: str) -> Path:
         """A stage's resume points: outside its DVC outputs, which DVC clears before a rerun."""
         return self.data / ".work" / stage

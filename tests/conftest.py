@@ -33,6 +33,14 @@ TINY_PARAMS = {
         {"steps": 2, "vf_weight": 0.1, "use_margins": True},
     ],
     "evaluate.batch_size": 32,
+    "diffusion.steps": 4,
+    "diffusion.batch_size": 8,
+    "diffusion.micro_batch_size": 8,
+    "diffusion.warmup_steps": 1,
+    "diffusion.checkpoint_every": 2,
+    "diffusion.sample_every": 4,
+    "sample.steps": 4,
+    "sample.batch_size": 16,
 }
 
 

@@ -19,7 +19,19 @@ HEAVY = ("torch", "mlflow", "prefect", "great_expectations", "dvc", "polars", "P
 def test_help_lists_every_stage_and_imports_no_heavy_library() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("validate", "prepare", "run", "sample-data", "show-config", "ui"):
+    for command in (
+        "validate",
+        "prepare",
+        "train-tokenizer",
+        "align-tokenizer",
+        "encode",
+        "train-diffusion",
+        "sample",
+        "run",
+        "preset",
+        "sample-data",
+        "ui",
+    ):
         assert command in result.output
     probe = f"import sys, ldm.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
     loaded = subprocess.run(
@@ -117,3 +129,18 @@ def test_run_without_images_and_without_sample_says_where_to_put_them(
     assert result.exit_code == 1
     assert "holds no files" in result.stderr
     assert "raw_dir: data/raw" in (project / "params.yaml").read_text()  # nothing written
+
+
+def test_preset_writes_its_values_into_params_yaml(project: Path) -> None:
+    import shutil
+
+    from ldm.config import load
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "presets", project / "presets")
+    result = runner.invoke(app, ["preset", "paper"])
+    assert result.exit_code == 0, result.output
+    cfg = load(project / "params.yaml")
+    assert cfg.diffusion.model == "B/1" and cfg.data.resolution == 256
+    assert "# " in (project / "params.yaml").read_text()  # comments kept
+    unknown = runner.invoke(app, ["preset", "huge"])
+    assert unknown.exit_code == 2 and "paper" in unknown.stderr

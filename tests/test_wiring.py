@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 from ldm.cli import app
-from ldm.config import Config
+from ldm.config import Config, load
 from ldm.paths import Paths
-from ldm.stages import STAGES
+from ldm.stages import STAGES, stage_names
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -28,20 +28,41 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def spec_of(stage: str) -> dict:
+    """A stage's body; per-variant stages are DVC `foreach` stages with it under `do`."""
+    return DVC[stage]["do"] if "foreach" in DVC[stage] else DVC[stage]
+
+
 def test_stage_names_agree_across_dvc_cli_and_library() -> None:
     assert list(DVC) == list(STAGES)
     commands = {command.name or command.callback.__name__ for command in app.registered_commands}
-    for stage in STAGES:
-        assert stage.replace("_", "-") in commands
-        assert DVC[stage]["cmd"] == f"ldm {stage.replace('_', '-')}"
+    for stage, spec in STAGES.items():
+        command = stage.replace("_", "-")
+        assert command in commands
+        if spec.per_variant:
+            assert DVC[stage]["foreach"] == "${variants}"
+            assert spec_of(stage)["cmd"] == f"ldm {command} --variant ${{item}}"
+        else:
+            assert spec_of(stage)["cmd"] == f"ldm {command}"
+
+
+def test_flow_runs_every_dvc_stage_in_order() -> None:
+    cfg = load(REPO / "params.yaml")
+    expected = []
+    for stage in DVC:
+        if "foreach" in DVC[stage]:
+            expected += [f"{stage}@{variant}" for variant in cfg.variants]
+        else:
+            expected.append(stage)
+    assert stage_names(cfg) == expected
 
 
 def test_dvc_params_name_existing_config_keys() -> None:
     sections = {
         field.alias or name: field.annotation for name, field in Config.model_fields.items()
     }
-    for stage, spec in DVC.items():
-        for entry in spec["params"]:
+    for stage in DVC:
+        for entry in spec_of(stage).get("params", []):
             section, _, key = entry.partition(".")
             assert section in sections, (stage, entry)
             assert not key or key in sections[section].model_fields, (stage, entry)
@@ -49,17 +70,29 @@ def test_dvc_params_name_existing_config_keys() -> None:
 
 def test_dvc_outputs_are_the_paths_the_stages_write() -> None:
     paths = Paths(REPO)
-    outs = {out for spec in DVC.values() for out in spec["outs"]}
-    for path in (paths.manifest, paths.rejected, paths.prepared):
+    outs = {out for stage in DVC for out in spec_of(stage)["outs"]}
+    for path in (
+        paths.manifest,
+        paths.rejected,
+        paths.prepared,
+        paths.tokenizer("plain"),
+        paths.tokenizer("aligned"),
+    ):
         assert str(path.relative_to(REPO)) in outs
-    metrics = {next(iter(m)) for spec in DVC.values() for m in spec["metrics"]}
-    assert metrics == {str(paths.stage_metrics(s).relative_to(REPO)) for s in STAGES}
+    assert str(paths.latents("${item}").relative_to(REPO)) in outs
+    assert str(paths.diffusion("${item}").relative_to(REPO)) in outs
+    metrics = {next(iter(m)) for stage in DVC for m in spec_of(stage)["metrics"]}
+    expected = {
+        str(paths.stage_metrics(f"{s}@${{item}}" if spec.per_variant else s).relative_to(REPO))
+        for s, spec in STAGES.items()
+    }
+    assert metrics == expected
     assert "data/validated/manifest.parquet" in DVC["prepare"]["deps"]
 
 
 def test_dvc_code_deps_exist() -> None:
-    for spec in DVC.values():
-        for dep in spec["deps"]:
+    for stage in DVC:
+        for dep in spec_of(stage)["deps"]:
             if dep.startswith("ldm/"):
                 assert (REPO / dep).exists(), dep
 

@@ -10,25 +10,42 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ldm.config import Config
 from ldm.cost import CostMeter
 from ldm.errors import DataError
 from ldm.paths import Paths
-from ldm.stages import data, tokenizer
+from ldm.stages import data, diffusion, tokenizer
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
 
-# Stage name -> (function, params sections it reads). The order is the pipeline's DAG order;
-# dvc.yaml and the Prefect flow use the same names (tests/test_wiring.py checks it).
-StageFunction = Callable[[Config, Paths, Tracker], StageResult]
-STAGES: dict[str, tuple[StageFunction, tuple[str, ...]]] = {
-    "validate": (data.validate, ("data", "validate")),
-    "prepare": (data.prepare, ("data", "prepare")),
-    "train_tokenizer": (tokenizer.train_tokenizer, ("data", "tokenizer", "align", "evaluate")),
-    "align_tokenizer": (tokenizer.align_tokenizer, ("data", "tokenizer", "align", "evaluate")),
+
+@dataclass(frozen=True)
+class Stage:
+    function: Callable[..., StageResult]  # (cfg, paths, tracker[, variant]) -> StageResult
+    sections: tuple[str, ...]  # the params sections it reads, logged with its run
+    per_variant: bool = False  # one run per tokenizer variant in `variants`: name@variant
+
+
+# The pipeline's stages in DAG order. dvc.yaml and the Prefect flow use the same names
+# (tests/test_wiring.py checks it); per-variant stages are DVC `foreach` stages.
+STAGES: dict[str, Stage] = {
+    "validate": Stage(data.validate, ("data", "validate")),
+    "prepare": Stage(data.prepare, ("data", "prepare")),
+    "train_tokenizer": Stage(tokenizer.train_tokenizer, ("data", "tokenizer", "align", "evaluate")),
+    "align_tokenizer": Stage(tokenizer.align_tokenizer, ("data", "tokenizer", "align", "evaluate")),
+    "encode": Stage(diffusion.encode, ("data", "evaluate"), per_variant=True),
+    "train_diffusion": Stage(diffusion.train_diffusion, ("diffusion", "sample"), per_variant=True),
 }
+
+
+def stage_names(cfg: Config) -> list[str]:
+    """Every DVC stage of the trial in DAG order, per-variant ones expanded (`encode@plain`)."""
+    names = []
+    for name, stage in STAGES.items():
+        names += [f"{name}@{v}" for v in cfg.variants] if stage.per_variant else [name]
+    return names
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -38,17 +55,27 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def run(stage: str, cfg: Config, paths: Paths) -> StageResult:
+def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> StageResult:
     """Run one stage with tracking and cost metering; raise DataError if its data failed checks."""
     from ldm import tracking
 
-    function, sections = STAGES[stage]
-    with tracking.stage_run(paths.root, cfg.tracking.experiment, stage) as tracker:
-        tracker.log_params({name: cfg.section(name) for name in sections})
+    spec = STAGES[stage]
+    if spec.per_variant and variant not in cfg.variants:
+        raise DataError(f"{stage} runs per variant: pick one of {cfg.variants} (--variant)")
+    name = f"{stage}@{variant}" if spec.per_variant else stage
+    args = (variant,) if spec.per_variant else ()
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Under torchrun only rank 0 records; the other ranks train and stay silent.
+        return spec.function(cfg, paths, tracking.NullTracker(), *args)
+    with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
+        tracker.log_params(
+            {section: cfg.section(section) for section in spec.sections}
+            | ({"variant": variant} if spec.per_variant else {})
+        )
         with CostMeter(cfg.cost) as meter:
-            result = function(cfg, paths, tracker)
+            result = spec.function(cfg, paths, tracker, *args)
         metrics = result.metrics | meter.metrics()
-        write_json_atomic(paths.stage_metrics(stage), metrics)
+        write_json_atomic(paths.stage_metrics(name), metrics)
         tracker.log_metrics(metrics)
         for artifact in result.artifacts:
             tracker.log_artifact(artifact)
@@ -56,7 +83,7 @@ def run(stage: str, cfg: Config, paths: Paths) -> StageResult:
         if result.problems:
             listed = "\n".join(f"  - {p}" for p in result.problems)
             raise DataError(
-                f"{stage}: the data-quality checks failed:\n{listed}\n"
+                f"{name}: the data-quality checks failed:\n{listed}\n"
                 f"Details: `ldm ui`, run {tracker.run_id}, and the outputs under "
                 f"{paths.data}."
             )

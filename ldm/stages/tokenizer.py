@@ -97,9 +97,11 @@ def _train(
         try:
             plain = load_tokenizer(paths.tokenizer("plain"))
         except FileNotFoundError:
-            raise DataError(f"align.init is plain but {paths.tokenizer('plain')} holds no "
-                            "released tokenizer: run `ldm train-tokenizer` first, or set "
-                            "align.init: scratch") from None
+            raise DataError(
+                f"align.init is plain but {paths.tokenizer('plain')} holds no "
+                "released tokenizer: run `ldm train-tokenizer` first, or set "
+                "align.init: scratch"
+            ) from None
         if plain.arch != model.arch:
             raise DataError(
                 f"the plain tokenizer is a {plain.arch} but tokenizer.preset asks for "

@@ -1,0 +1,92 @@
+"""Images from a released LightningDiT and its tokenizer: what `ldm sample` writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ldm.checkpoint import load_release
+from ldm.config import SampleConfig
+from ldm.data.batches import to_uint8
+from ldm.diffusion import create_model
+from ldm.diffusion.sample import sample
+from ldm.errors import DataError
+from ldm.stages.tokenizer import load_tokenizer
+
+
+def load_diffusion(folder: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a released LightningDiT (EMA weights) from its folder alone."""
+    try:
+        weights, config = load_release(folder)
+    except FileNotFoundError as err:
+        raise DataError(f"{err}; train one with `ldm train-diffusion`") from None
+    model = create_model(**config["model"])
+    model.load_state_dict(weights)
+    return model.eval(), config
+
+
+def labels_for(n: int, class_map: dict[str, int], class_name: str | None) -> torch.Tensor | None:
+    """One class for every image, or the classes in turn; None for an unconditional model."""
+    if len(class_map) <= 1:
+        return None
+    if class_name is not None:
+        if class_name not in class_map:
+            raise DataError(f"unknown class {class_name!r}; the classes are {sorted(class_map)}")
+        return torch.full((n,), class_map[class_name], dtype=torch.long)
+    return torch.arange(n) % len(class_map)
+
+
+def generate(
+    folder: Path,
+    root: Path,
+    n: int,
+    class_name: str | None,
+    settings: SampleConfig,
+    device: torch.device,
+) -> np.ndarray:
+    """n images, uint8 (n, H, W, 3), deterministic under `settings.seed`."""
+    model, config = load_diffusion(folder)
+    tokenizer = load_tokenizer(root / config["tokenizer"]).to(device)
+    model.to(device)
+    labels = labels_for(n, config["class_map"], class_name)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    shape = (
+        n,
+        config["model"]["latent_channels"],
+        config["model"]["latent_size"],
+        config["model"]["latent_size"],
+    )
+    guidance = settings.cfg_scale if labels is not None else 1.0
+    with torch.no_grad():
+        latents = sample(
+            model,
+            shape,
+            None if labels is None else labels.to(device),
+            settings.steps,
+            settings.solver,
+            guidance,
+            tuple(settings.cfg_interval),
+            settings.shift,
+            generator,
+            settings.batch_size,
+        )
+        images = torch.cat(
+            [
+                tokenizer.decode(latents[i : i + settings.batch_size])
+                for i in range(0, n, settings.batch_size)
+            ]
+        )
+    return to_uint8(images)
+
+
+def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """(N, H, W, 3) -> one (rows·H, columns·W, 3) picture, blank cells at the end."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * h, columns * w, c), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = image
+    return grid

@@ -1,0 +1,77 @@
+"""encode, train_diffusion and `ldm sample` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from ldm.cli import app
+from ldm.paths import Paths
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + result.stderr
+    return result.output
+
+
+@pytest.fixture
+def tokenized(project: Path) -> Path:
+    for command in ("validate", "prepare", "train-tokenizer"):
+        invoke(command)
+    return project
+
+
+def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) -> None:
+    paths = Paths(tokenized)
+    invoke("encode", "--variant", "plain")
+    meta = json.loads((paths.latents("plain") / "meta.json").read_text())
+    n_train = json.loads((paths.prepared / "meta.json").read_text())["counts"]["train"]
+    assert meta["count"] == 2 * n_train  # every image and its mirror
+    assert meta["shape"] == [8, 4, 4]
+    latents = np.load(paths.latents("plain") / "latents.npy")
+    # Normalised by the tokenizer's own statistics: about zero mean and unit spread.
+    assert abs(latents.mean()) < 0.5 and 0.5 < latents.std() < 2.0
+
+    invoke("train-diffusion", "--variant", "plain")
+    release = paths.diffusion("plain")
+    config = json.loads((release / "config.json").read_text())
+    assert config["model"]["name"] == "T/2" and config["variant"] == "plain"
+    metrics = json.loads(paths.stage_metrics("train_diffusion@plain").read_text())
+    assert metrics["train/steps"] == 4 and np.isfinite(metrics["train/final_loss"])
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tokenized / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ldm-poc")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], "attributes.run_name = 'train_diffusion@plain'"
+    )
+    assert run.data.params["variant"] == "plain"
+    assert any("samples" in a.path for a in client.list_artifacts(run.info.run_id, "images"))
+    assert client.get_metric_history(run.info.run_id, "train/loss")
+
+    grid = tmp_path / "grid.png"
+    invoke("sample", str(grid), "--variant", "plain", "-n", "6")
+    assert Image.open(grid).size == (6 * 16, 16)
+    folder = tmp_path / "one-class"
+    invoke("sample", str(folder), "--variant", "plain", "-n", "3", "--class", "brick")
+    assert sorted(p.name for p in folder.iterdir()) == [f"sample-0000{i}.png" for i in range(3)]
+    again = tmp_path / "again.png"
+    invoke("sample", str(again), "--variant", "plain", "-n", "6")
+    assert Image.open(again).tobytes() == Image.open(grid).tobytes()  # deterministic under seed
+
+
+def test_per_variant_stages_name_what_is_missing(tokenized: Path) -> None:
+    result = runner.invoke(app, ["train-diffusion", "--variant", "plain"])
+    assert result.exit_code == 1 and "ldm encode --variant plain" in result.stderr
+    result = runner.invoke(app, ["encode", "--variant", "aligned"])
+    assert result.exit_code == 1 and "ldm align-tokenizer" in result.stderr
+    result = runner.invoke(app, ["sample", "x.png", "--variant", "plain"])
+    assert result.exit_code == 1 and "ldm train-diffusion" in result.stderr
