@@ -266,11 +266,13 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
             final_loss = means["train/loss"]
             sums, window = {}, 0
         if done % cfg.eval_every == 0 or done == run.steps:
-            shown = run.val_images[: cfg.grid_images]
             checks, recon_val = validation_check(model, run.val_images, device, cfg.batch_size)
             tracker.log_metrics(checks, step=done)
+            # Evenly spread over the val split, which is ordered by class: every class shows.
+            shown = torch.linspace(0, len(run.val_images) - 1, cfg.grid_images).round().long()
+            shown = shown.unique()
             tracker.log_image(
-                reconstruction_grid(shown, recon_val[: len(shown)]),
+                reconstruction_grid(run.val_images[shown], recon_val[shown]),
                 key="reconstructions",
                 step=done,
             )
