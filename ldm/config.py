@@ -186,7 +186,7 @@ class ConfigError(ValueError):
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.key=value` -> (["section", "key"], value); the value is read as YAML."""
     key, sep, raw = text.partition("=")
-    if not sep or not key.strip() or "." not in key:
+    if not sep or not key.strip():
         raise ConfigError(
             f"--set {text!r}: expected section.key=value, e.g. --set data.resolution=64"
         )

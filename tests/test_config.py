@@ -28,6 +28,12 @@ def test_params_yaml_loads_and_spells_out_every_field() -> None:
             assert set(raw[section]) == field_names(field.annotation), section
 
 
+def test_a_top_level_list_can_be_overridden_but_not_an_unknown_key() -> None:
+    assert config.load(REPO / "params.yaml", ["variants=[plain]"]).variants == ["plain"]
+    with pytest.raises(ConfigError, match="resolution"):
+        config.load(REPO / "params.yaml", ["resolution=64"])
+
+
 def test_overrides_are_parsed_as_yaml_and_applied() -> None:
     cfg = config.load(
         REPO / "params.yaml",
@@ -54,7 +60,7 @@ def test_bad_override_names_the_key(override: str, named: str) -> None:
         config.load(REPO / "params.yaml", [override])
 
 
-@pytest.mark.parametrize("override", ["resolution=64", "data.resolution", "=3"])
+@pytest.mark.parametrize("override", ["data.resolution", "=3"])
 def test_malformed_override_says_the_expected_form(override: str) -> None:
     with pytest.raises(ConfigError, match="section.key=value"):
         config.load(REPO / "params.yaml", [override])
