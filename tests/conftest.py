@@ -52,8 +52,16 @@ def set_params(params_path: Path, values: dict[str, object]) -> None:
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def ldm_bin() -> str:
-    return str(Path(sys.executable).parent / "ldm")
+def killed_after(n_steps: int):  # noqa: ANN201
+    """A progress callback that stops a training loop after `n_steps`, as a kill would."""
+    seen = [0]
+
+    def progress(n: int) -> None:
+        seen[0] += n
+        if seen[0] >= n_steps:
+            raise KeyboardInterrupt
+
+    return progress
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -26,6 +26,7 @@ from ldm.diffusion.train import (
 from ldm.distributed import Dist, cleanup, init_distributed
 from ldm.errors import LdmError
 from ldm.tracking import NullTracker
+from tests.conftest import killed_after
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 3
@@ -77,17 +78,6 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, **tol: float) ->
     theirs = b.state_dict()
     for name, value in a.state_dict().items():
         torch.testing.assert_close(value, theirs[name], msg=name, **tol)
-
-
-def killed_after(n_steps: int):
-    seen = [0]
-
-    def progress(n: int) -> None:
-        seen[0] += n
-        if seen[0] >= n_steps:
-            raise KeyboardInterrupt  # as if the process were stopped here
-
-    return progress
 
 
 class Recorder(NullTracker):

@@ -14,6 +14,7 @@ from ldm.data.batches import ImageBatches, to_model_range
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
 from ldm.tokenizer.train import Alignment, NonFiniteLoss, TrainRun, fit, learning_rate
 from ldm.tracking import NullTracker
+from tests.conftest import killed_after
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = TokenizerArch(
@@ -81,17 +82,6 @@ def make_run(
         fingerprint=str(sets),
         device=torch.device("cpu"),
     )
-
-
-def killed_after(n_steps: int):
-    seen = [0]
-
-    def progress(n: int) -> None:
-        seen[0] += n
-        if seen[0] >= n_steps:
-            raise KeyboardInterrupt  # as if the process were stopped here
-
-    return progress
 
 
 @pytest.mark.parametrize("aligned", [False, True])
