@@ -152,8 +152,7 @@ def _train(
     with progress_bar(stage, steps) as advance:
         metrics = fit(run, tracker, advance)
 
-    all_train = to_model_range(train_images)
-    mean, std = latent_statistics(model, all_train, device, tok.batch_size)
+    mean, std = latent_statistics(model, train_images, device, tok.batch_size)
     model.set_latent_stats(mean, std)
     eval_net = load_eval_features(
         cfg.evaluate.features, _local(paths, cfg.evaluate.features_weights)

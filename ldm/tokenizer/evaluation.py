@@ -7,23 +7,30 @@ spaces are never compared by accident.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from ldm.align import latent_feature_cka
+from ldm.data.batches import to_model_range
 from ldm.evaluate import feature_stats, frechet_distance, metric_name, psnr, ssim
 from ldm.tokenizer.model import Tokenizer
 
 
 @torch.no_grad()
 def latent_statistics(
-    model: Tokenizer, images: torch.Tensor, device: torch.device, batch_size: int
+    model: Tokenizer, images: np.ndarray, device: torch.device, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of the posterior means over `images` (B, 3, H, W)."""
+    """Per-channel mean and std of the posterior means over uint8 NHWC `images`.
+
+    Converted batch by batch: the whole train split as float32 would not fit in memory at
+    256 px.
+    """
     model.eval()
     total, total_sq, count = 0.0, 0.0, 0
     for start in range(0, len(images), batch_size):
-        z = model.posterior(images[start : start + batch_size].to(device)).mode().double()
+        x = to_model_range(images[start : start + batch_size]).to(device)  # (B, 3, H, W)
+        z = model.posterior(x).mode().double()
         total = total + z.sum(dim=(0, 2, 3))
         total_sq = total_sq + z.pow(2).sum(dim=(0, 2, 3))
         count += z.shape[0] * z.shape[2] * z.shape[3]
