@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ STEP_PREFIX = "step-"
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
-    """A stable hash of the settings a resume state belongs to."""
+    """A stable hash of JSON-able settings."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -100,6 +101,110 @@ def latest_state(work_dir: Path) -> Path | None:
     """The newest complete resume folder (temporary ones start with a dot and are ignored)."""
     found = sorted(p for p in work_dir.glob(f"{STEP_PREFIX}*") if (p / "state.pt").is_file())
     return found[-1] if found else None
+
+
+def _changed(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for every setting that differs, by its dotted name."""
+    saved, now = _flat(saved), _flat(now)
+    return [
+        f"{key}: {saved.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(saved) | set(now))
+        if saved.get(key) != now.get(key)
+    ]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def split_settings(
+    section: str, values: dict[str, Any], resumable: frozenset[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({section: the recipe}, {section: the resumable rest}) of one params section."""
+    recipe = {k: v for k, v in values.items() if k not in resumable}
+    rest = {k: v for k, v in values.items() if k in resumable}
+    return {section: recipe}, {section: rest}
+
+
+def find_resume_point(
+    work_dir: Path,
+    identity: dict[str, Any],
+    settings: dict[str, Any],
+    steps: int,
+    notice: Callable[[str], None],
+    may_move: bool = True,
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest resume point these settings can continue from, with its saved state.
+
+    `identity` holds what gives the saved tensors their meaning (architecture, data, the set of
+    trained modules) and the recipe that produced them (learning rate, loss weights, batch):
+    when any of it changed, continuing would give a model of neither setting, so the work
+    folder is moved aside (never deleted) with a one-line notice naming the setting, and
+    training starts over. `settings` holds what does not change the result (steps, intervals,
+    device, precision): a run continues across changes to them, as when it is extended by
+    raising its steps, and the notice lists them. A state already past `steps` (the steps were
+    lowered) is set aside too: it is not this run.
+    `may_move` False leaves the moving to the caller (`set_aside(work_dir, aside_name(...))`):
+    in a DDP job rank 0 moves it once every rank has read it.
+    """
+    folder = latest_state(work_dir)
+    if folder is None:
+        return None
+    state = torch.load(folder / "state.pt", weights_only=True)
+    step = state["step"]
+    changed = _changed(json.loads(state.get("identity", "{}")), _plain(identity))
+    if step > steps:
+        changed.append(f"it is past the {steps} steps asked for")
+    if changed:
+        aside = aside_name(work_dir, step)
+        if may_move:
+            set_aside(work_dir, aside)
+        notice(
+            f"{work_dir.name}: the training state at step {step} cannot continue because "
+            f"{'; '.join(changed)}. It was moved to {aside}; training starts at step 0."
+        )
+        return None
+    retuned = _changed(json.loads(state.get("settings", "{}")), _plain(settings))
+    notice(
+        f"{work_dir.name}: resuming at step {step}"
+        + (f" with changed settings: {'; '.join(retuned)}" if retuned else "")
+    )
+    return folder, state
+
+
+def aside_name(work_dir: Path, step: int) -> Path:
+    """A free name beside `work_dir` for its state at `step`."""
+    base = work_dir.with_name(f"{work_dir.name}.set-aside-at-step-{step}")
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}-{n}")
+    return target
+
+
+def set_aside(work_dir: Path, target: Path) -> None:
+    """Move a work folder out of the way, keeping it: a user may still want that state."""
+    work_dir.rename(target)
+
+
+def resume_metadata(identity: dict[str, Any], settings: dict[str, Any]) -> dict[str, str]:
+    """What `save_state` stores so that `find_resume_point` can compare it later (as JSON
+    strings: `torch.load(weights_only=True)` reads plain values only)."""
+    return {
+        "identity": json.dumps(_plain(identity), sort_keys=True),
+        "settings": json.dumps(_plain(settings), sort_keys=True),
+    }
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON round trip: tuples become lists and paths strings, as they are once saved."""
+    return json.loads(json.dumps(values, sort_keys=True, default=str))
 
 
 def load_state(folder: Path, modules: dict[str, nn.Module]) -> dict[str, Any]:

@@ -8,11 +8,14 @@ keeps it in step with these models, so DVC tracks everything that changes a resu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FoundationName = Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
 
 
 class Section(BaseModel):
@@ -41,11 +44,8 @@ class PrepareConfig(Section):
 class TokenizerConfig(Section):
     """The KL-VAE and how `train_tokenizer` trains it (`align_tokenizer` reuses the optimiser)."""
 
-    preset: Literal[
-        "f4d8", "f16d16", "f16d32", "f16d64"
-    ]  # architecture, see ldm/tokenizer/model.py
-    steps: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    steps: int = Field(ge=1)  # the budget of every variant
+    batch_size: int = Field(ge=1)  # global batch per optimiser step, over all processes
     lr: float = Field(gt=0.0)
     betas: tuple[float, float]
     warmup_steps: int = Field(ge=0)
@@ -63,30 +63,65 @@ class TokenizerConfig(Section):
     grid_images: int = Field(ge=1)  # originals shown over their reconstructions
     seed: int
     device: Literal["auto", "cpu", "cuda"]
+    world_size: int = Field(ge=1)  # processes (one per GPU); > 1 launches the stage via torchrun
     precision: Literal["fp32", "bf16"]  # bf16 autocast, CUDA only
     compile: bool  # torch.compile, CUDA only
     channels_last: bool
 
 
 class AlignPhase(Section):
-    steps: int = Field(ge=1)
-    vf_weight: float = Field(ge=0.0)  # w_hyper, times the adaptive weight
+    share: float = Field(gt=0.0, le=1.0)  # fraction of tokenizer.steps this phase lasts
+    vf_weight: float = Field(ge=0.0)  # w_hyper, times the adaptive weight; 0: reconstruction only
     use_margins: bool  # False: margins 0, the paper's first, "align hard" phase
 
 
 class AlignConfig(Section):
     """VA-VAE's alignment tuning: the VF loss against a frozen vision foundation model."""
 
-    init: Literal["plain", "scratch"]  # start from the plain tokenizer's checkpoint, or not
-    foundation: Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
+    foundation: FoundationName  # the frozen network aligned to
     foundation_weights: Path | None  # local checkpoint file, needed for the dinov2 models
     foundation_sha256: str | None  # checked when given
-    phases: list[AlignPhase] = Field(min_length=1)
+    phases: list[AlignPhase] = Field(min_length=1)  # shares of tokenizer.steps, summing to 1
     cos_margin: float = Field(ge=0.0, le=2.0)  # m1
     distmat_margin: float = Field(ge=0.0, le=2.0)  # m2
     cos_weight: float = Field(ge=0.0)
     distmat_weight: float = Field(ge=0.0)
     adaptive_max: float = Field(gt=0.0)  # clamp of the adaptive weight
+
+    @model_validator(mode="after")
+    def _phases_cover_the_budget(self) -> AlignConfig:
+        check_phase_shares(self.phases, "align.phases")
+        return self
+
+
+def check_phase_shares(phases: list[AlignPhase], where: str) -> None:
+    """Every variant trains for tokenizer.steps: the phases must split exactly that budget."""
+    total = sum(phase.share for phase in phases)
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"{where}: the shares add up to {total:g}; they must add up to 1")
+
+
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # usable in DVC stage names, paths and MLflow tags
+
+
+class VariantConfig(Section):
+    """One tokenizer setting compared downstream. Every variant trains from scratch for
+    tokenizer.steps, so the comparison is at an equal budget. A field left null takes the
+    value of the `align` section (or, for latent_channels, the preset's d)."""
+
+    preset: Literal["f4d8", "f16d16", "f16d32", "f16d64"]  # architecture, ldm/tokenizer/model.py
+    latent_channels: int | None = Field(default=None, ge=1)  # d; null: the preset's
+    align: bool  # train with VA-VAE's VF loss against a foundation model
+    foundation: FoundationName | None = None  # null: align.foundation
+    phases: list[AlignPhase] | None = Field(default=None, min_length=1)  # null: align.phases
+    cos_margin: float | None = Field(default=None, ge=0.0, le=2.0)  # null: align.cos_margin
+    distmat_margin: float | None = Field(default=None, ge=0.0, le=2.0)
+
+    @model_validator(mode="after")
+    def _phases_cover_the_budget(self) -> VariantConfig:
+        if self.phases is not None:
+            check_phase_shares(self.phases, "phases")
+        return self
 
 
 class DiffusionConfig(Section):
@@ -112,9 +147,11 @@ class DiffusionConfig(Section):
     cos_weight: float = Field(ge=0.0)  # the velocity-direction loss
     on_non_finite: Literal["stop", "rollback"]  # rollback: reload the last checkpoint, go on
     checkpoint_every: int = Field(ge=1)
-    sample_every: int = Field(ge=1)  # steps between sample grids logged to MLflow
+    sample_every: int = Field(ge=1)  # steps between sample grids and convergence-curve points
+    curve_samples: int = Field(ge=2)  # EMA samples per convergence-curve FD (fixed seed)
     seed: int
     device: Literal["auto", "cpu", "cuda"]
+    world_size: int = Field(ge=1)  # processes (one per GPU); > 1 launches the stage via torchrun
     precision: Literal["fp32", "bf16"]
     compile: bool
 
@@ -132,11 +169,47 @@ class SampleConfig(Section):
 
 
 class EvaluateConfig(Section):
-    """How reconstructions (and later samples) are measured."""
+    """How reconstructions and generated images are measured (evaluate, and the curve)."""
 
     features: Literal["effnet_lite2", "inception", "dinov2_vitl14"]  # space of the Frechet distance
-    features_weights: Path | None  # local weights for inception / dinov2
+    features_weights: Path | None  # local weights for inception / dinov2_vitl14
+    features_sha256: str | None  # checked when given
+    num_samples: int = Field(ge=2)  # class-balanced generated images for the gFD (fixed seed)
+    nearest_k: int = Field(ge=1)  # k of the k-NN manifolds of precision/recall/density/coverage
+    seed: int  # of the generated images, so a re-evaluation draws the same ones
     batch_size: int = Field(ge=1)
+
+
+class ReportConfig(Section):
+    """The trial's report: charts, costs, projections, the recommendation."""
+
+    target_fd: float = Field(gt=0.0)  # the gFD (evaluate.features space) a usable model needs
+    projection_budget_multiple: float = Field(gt=1.0)  # "not reached within N x this budget"
+
+
+class RegistryConfig(Section):
+    model_name: str = Field(min_length=1)  # the MLflow registered model of every generator
+
+
+class Gates(Section):
+    """Quality and cost a version must meet for one alias; null switches a gate off."""
+
+    max_fd: float | None = Field(gt=0.0)  # the gFD, in evaluate.features space
+    # (gFD - fd_train_val) / (fd_random_latents - fd_train_val): 0 is as good as real data,
+    # 1 as bad as an untrained generator; comparable across data sets, unlike the raw FD
+    max_relative_fd: float | None = Field(ge=0.0)
+    min_precision: float | None = Field(ge=0.0, le=1.0)
+    min_recall: float | None = Field(ge=0.0, le=1.0)
+    max_cost_usd: float | None = Field(ge=0.0)  # the variant's whole trial cost
+
+
+class GatesConfig(Section):
+    staging: Gates
+    production: Gates  # production also requires that the version held `staging`
+
+
+class PromotionConfig(Section):
+    gates: GatesConfig
 
 
 class TrackingConfig(Section):
@@ -152,11 +225,13 @@ class OrchestrationConfig(Section):
     retries: int = Field(ge=0)  # retries of a stage after a transient failure (never a data error)
     retry_delay_seconds: int = Field(ge=0)
     stage_timeout_minutes: int = Field(ge=1)  # a stage running longer is stopped and failed
+    gpu_pool: str | None  # a Prefect work pool on the GPU host; null: every stage runs here
+    gpu_stages: list[str]  # stage families sent to gpu_pool, e.g. [train_diffusion]
 
 
 class Config(Section):
-    # Tokenizer releases the per-variant stages (encode, train_diffusion) fan out over.
-    variants: list[Literal["plain", "aligned"]] = Field(min_length=1)
+    # Tokenizer settings compared downstream; every per-variant stage fans out over them.
+    variants: dict[str, VariantConfig] = Field(min_length=1)
     data: DataConfig
     validate_: ValidateConfig = Field(alias="validate")  # `validate` shadows a BaseModel method
     prepare: PrepareConfig
@@ -165,11 +240,42 @@ class Config(Section):
     diffusion: DiffusionConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
+    report: ReportConfig
+    registry: RegistryConfig
+    promotion: PromotionConfig
     tracking: TrackingConfig
     cost: CostConfig
     orchestration: OrchestrationConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _variant_names_are_usable(self) -> Config:
+        import re
+
+        for name in self.variants:
+            if not re.match(VARIANT_NAME, name):
+                raise ValueError(
+                    f"variants: {name!r} cannot name a stage or a folder; use letters, digits, "
+                    "'-' and '_', starting with a letter or digit"
+                )
+        return self
+
+    def variant(self, name: str) -> ResolvedVariant:
+        """A variant with its nulls filled in from the `align` section."""
+        if name not in self.variants:
+            raise KeyError(name)
+        v, align = self.variants[name], self.align
+        return ResolvedVariant(
+            name=name,
+            preset=v.preset,
+            latent_channels=v.latent_channels,
+            align=v.align,
+            foundation=v.foundation or align.foundation,
+            phases=tuple(v.phases or align.phases),
+            cos_margin=align.cos_margin if v.cos_margin is None else v.cos_margin,
+            distmat_margin=align.distmat_margin if v.distmat_margin is None else v.distmat_margin,
+        )
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain JSON-able values, as logged to MLflow."""
@@ -177,6 +283,20 @@ class Config(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+
+@dataclass(frozen=True)
+class ResolvedVariant:
+    """A variant as the stages use it: every value decided."""
+
+    name: str
+    preset: str
+    latent_channels: int | None
+    align: bool
+    foundation: str  # aligned to when `align`; always the space of the CKA it reports
+    phases: tuple[AlignPhase, ...]
+    cos_margin: float
+    distmat_margin: float
 
 
 class ConfigError(ValueError):
@@ -198,7 +318,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with each `section.key=value` set; the key must already exist."""
+    """Return a copy of `raw` with each `section.key=value` set; the key must already exist
+    (or be an optional field of a variant, which params.yaml may leave out)."""
     import copy
 
     merged = copy.deepcopy(raw)
@@ -206,7 +327,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         keys, value = parse_override(text)
         node = merged
         for depth, key in enumerate(keys):
-            if not isinstance(node, dict) or key not in node:
+            if not isinstance(node, dict) or (key not in node and not _optional_variant_key(keys)):
                 known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
                 where = ".".join(keys[: depth + 1])
                 raise ConfigError(f"--set {text!r}: unknown key '{where}' (known here: {known})")
@@ -215,6 +336,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             else:
                 node = node[key]
     return merged
+
+
+def _optional_variant_key(keys: list[str]) -> bool:
+    """`variants.<name>.<field>` for a field a variant may leave out (null by default)."""
+    return (
+        len(keys) == 3
+        and keys[0] == "variants"
+        and keys[2] in VariantConfig.model_fields
+        and not VariantConfig.model_fields[keys[2]].is_required()
+    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -245,36 +376,3 @@ def load(path: Path, overrides: list[str] | None = None) -> Config:
     """Read `path`, apply `section.key=value` overrides, validate; raise ConfigError on a fault."""
     raw = apply_overrides(read_yaml(path), list(overrides or []))
     return validate_dict(raw, str(path) + (" with --set overrides" if overrides else ""))
-
-
-def write_overrides(path: Path, overrides: list[str]) -> list[str]:
-    """Apply `section.key=value` overrides to the params file itself, keeping its comments.
-
-    `ldm run --set` does this, as `dvc exp run -S` does, so that DVC's record of what ran and
-    the file agree. The result is validated before anything is written. Returns one line per
-    changed value.
-    """
-    from ruamel.yaml import YAML
-
-    validate_dict(apply_overrides(read_yaml(path), overrides), f"{path} with --set overrides")
-    yaml_rt = YAML()  # round-trip mode: comments and key order survive
-    yaml_rt.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own list style
-    yaml_rt.width = 4096  # never re-wrap a long line
-    yaml_rt.representer.add_representer(  # keep `null` written out, as the file has it
-        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
-    doc = yaml_rt.load(path.read_text())
-    changes = []
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = doc
-        for key in keys[:-1]:
-            node = node[key]
-        if node[keys[-1]] != value:
-            changes.append(f"{path.name}: {'.'.join(keys)}: {node[keys[-1]]!r} -> {value!r}")
-            node[keys[-1]] = value
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        yaml_rt.dump(doc, handle)
-    tmp.replace(path)
-    return changes

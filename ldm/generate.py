@@ -13,7 +13,7 @@ from ldm.data.batches import to_uint8
 from ldm.diffusion import create_model
 from ldm.diffusion.sample import sample
 from ldm.errors import DataError
-from ldm.stages.tokenizer import load_tokenizer
+from ldm.tokenizer.release import load_tokenizer
 
 
 def load_diffusion(folder: Path) -> tuple[torch.nn.Module, dict]:

@@ -7,6 +7,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
+def notice(message: str) -> None:
+    """A line for the person watching, on stderr beside the progress (and in any log)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
     """Yield `advance(n)`; renders a rich bar on a terminal and stays silent in logs (DVC, CI)."""

@@ -29,8 +29,8 @@ TINY_PARAMS = {
     "tokenizer.checkpoint_every": 2,
     "tokenizer.grid_images": 4,
     "align.phases": [
-        {"steps": 2, "vf_weight": 0.5, "use_margins": False},
-        {"steps": 2, "vf_weight": 0.1, "use_margins": True},
+        {"share": 0.5, "vf_weight": 0.5, "use_margins": False},
+        {"share": 0.5, "vf_weight": 0.1, "use_margins": True},
     ],
     "evaluate.batch_size": 32,
     "diffusion.steps": 4,

@@ -25,8 +25,9 @@ def invoke(*args: str) -> str:
 
 @pytest.fixture
 def tokenized(project: Path) -> Path:
-    for command in ("validate", "prepare", "train-tokenizer"):
+    for command in ("validate", "prepare"):
         invoke(command)
+    invoke("train-tokenizer", "--variant", "plain")
     return project
 
 
@@ -53,7 +54,7 @@ def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) ->
     (run,) = client.search_runs(
         [experiment.experiment_id], "attributes.run_name = 'train_diffusion@plain'"
     )
-    assert run.data.params["variant"] == "plain"
+    assert run.data.params["variant.name"] == "plain"
     assert any("samples" in a.path for a in client.list_artifacts(run.info.run_id, "images"))
     assert client.get_metric_history(run.info.run_id, "train/loss")
 
@@ -72,6 +73,6 @@ def test_per_variant_stages_name_what_is_missing(tokenized: Path) -> None:
     result = runner.invoke(app, ["train-diffusion", "--variant", "plain"])
     assert result.exit_code == 1 and "ldm encode --variant plain" in result.stderr
     result = runner.invoke(app, ["encode", "--variant", "aligned"])
-    assert result.exit_code == 1 and "ldm align-tokenizer" in result.stderr
+    assert result.exit_code == 1 and "ldm train-tokenizer --variant aligned" in result.stderr
     result = runner.invoke(app, ["sample", "x.png", "--variant", "plain"])
     assert result.exit_code == 1 and "ldm train-diffusion" in result.stderr

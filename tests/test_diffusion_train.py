@@ -25,6 +25,7 @@ from ldm.diffusion.train import (
 )
 from ldm.distributed import Dist, cleanup, init_distributed
 from ldm.errors import LdmError
+from ldm.stages.train_diffusion import RESUMABLE_SETTINGS
 from ldm.tracking import NullTracker
 from tests.conftest import killed_after
 
@@ -60,6 +61,9 @@ def make_run(
     }
     overrides = [f"diffusion.{k}={v}" for k, v in sets.items()] + ["sample.steps=2"]
     cfg = config.load(REPO / "params.yaml", overrides)
+    recipe, resumable = checkpoint.split_settings(
+        "diffusion", cfg.section("diffusion"), RESUMABLE_SETTINGS
+    )
     return DiffusionRun(
         model=model or tiny_model(),
         cfg=cfg.diffusion,
@@ -68,8 +72,10 @@ def make_run(
         labels=LABELS,
         num_classes=CLASSES,
         work_dir=work,
-        fingerprint=str(sorted(sets.items())),
+        identity={"architecture": (model or tiny_model()).config, **recipe},
+        settings=resumable,
         device=torch.device("cpu"),
+        notice=lambda _: None,
         dist=dist or Dist(),
     )
 
@@ -108,6 +114,24 @@ def test_resume_after_a_kill_gives_the_same_weights_and_ema(tmp_path: Path) -> N
     assert_same_weights(resumed.model, uninterrupted.model)
     assert_same_weights(resumed.ema, uninterrupted.ema)
     assert resumed.model.y_embedder.dropout == 0.2  # the loop's switch-off is undone
+
+
+def test_raising_steps_continues_an_interrupted_run_and_extends_a_finished_one(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        fit_diffusion(make_run(tmp_path, 6), NullTracker(), killed_after(5))
+    notices: list[str] = []
+    longer = make_run(tmp_path, 8, sample_every=999)
+    longer.notice = notices.append
+    steps_run: list[int] = []
+    fit_diffusion(longer, NullTracker(), steps_run.append)
+    assert longer.history["resumed_from_step"] == 4 and sum(steps_run) == 8
+    assert "resuming at step 4" in notices[0] and "sample_every" in notices[0]
+
+    extended = make_run(tmp_path, 10)
+    fit_diffusion(extended, NullTracker(), lambda n: None)
+    assert extended.history["resumed_from_step"] == 8  # the finished run's last step
 
 
 def test_training_overfits_a_few_latents(tmp_path: Path) -> None:
@@ -182,7 +206,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(ddp["model"][name], value, rtol=1e-4, atol=1e-6, msg=name)
     for name, value in single.ema.state_dict().items():
         torch.testing.assert_close(ddp["ema"][name], value, rtol=1e-4, atol=1e-6, msg=name)
-    assert checkpoint.latest_state(tmp_path / "ddp").name == "step-00000002"
+    assert checkpoint.latest_state(tmp_path / "ddp").name == "step-00000004"  # the last step
 
 
 class Exploding(LightningDiT):

@@ -67,12 +67,15 @@ def test_trial_runs_each_stage_through_dvc_then_skips_them(project: Path, prefec
     assert "didn't change, skipping" in repro.stdout
     assert "Running stage" not in repro.stdout
 
-    # A changed param reruns exactly the stage that reads it.
-    set_params(project / "params.yaml", {"align.cos_weight": 0.5})
+    # A changed param reruns exactly the stage that reads it, and what depends on its output:
+    # the aligned variant's branch reruns, the plain one is skipped.
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    # (a margin alone would not do: below it, the hinge's gradient does not depend on it)
+    raw["variants"]["aligned"]["phases"] = [{"share": 1.0, "vf_weight": 0.3, "use_margins": True}]
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     third = trial(str(project))
-    # ... and what depends on its output: the aligned branch reruns, the plain one is skipped.
     reran = [s for s, status in third["stages"].items() if status == "ran"]
-    assert reran == ["align_tokenizer", "encode@aligned", "train_diffusion@aligned"]
+    assert reran == ["train_tokenizer@aligned", "encode@aligned", "train_diffusion@aligned"]
 
 
 def test_data_failure_stops_the_trial_without_retries(project: Path, prefect_server) -> None:
@@ -117,7 +120,14 @@ def test_ldm_run_starts_the_flow_and_reports_the_parent_run(
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     # One variant is enough here: the per-variant fan-out is covered by the test above.
     result = CliRunner().invoke(
-        app, ["run", "--set", "prepare.shard_size=50", "--set", "variants=[plain]"]
+        app,
+        [
+            "run",
+            "--set",
+            "prepare.shard_size=50",
+            "--set",
+            "variants={plain: {preset: f4d8, align: false}}",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "prepare.shard_size: 64 -> 50" in result.output

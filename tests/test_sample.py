@@ -28,7 +28,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, i
 
 
 def test_cli_defaults_give_a_usable_dataset() -> None:
-    from ldm.cli import sample_data
+    from ldm.cli.tools import sample_data
 
     default = inspect.signature(sample_data).parameters["per_class"].default
     assert len(PHOTOS) >= 6 and default * len(PHOTOS) >= 1200

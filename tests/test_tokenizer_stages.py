@@ -1,4 +1,4 @@
-"""train_tokenizer and align_tokenizer as a user runs them: files, metrics, MLflow records."""
+"""train_tokenizer per variant as a user runs it: files, metrics, MLflow records."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from ldm.cli import app
 from ldm.paths import Paths
-from ldm.stages.tokenizer import load_tokenizer
+from ldm.tokenizer.release import load_tokenizer
 
 runner = CliRunner()
 QUALITY = ("psnr", "ssim", "rfd_effnet_lite2", "cka_effnet_lite0", "perceptual_effnet_lite0")
@@ -31,45 +31,52 @@ def prepared(project: Path) -> Path:
 
 
 def test_both_variants_release_a_self_describing_tokenizer(prepared: Path) -> None:
-    invoke("train-tokenizer")
-    invoke("align-tokenizer")
+    invoke("train-tokenizer")  # every variant: plain, then aligned
     paths = Paths(prepared)
-    for stage, variant in (("train_tokenizer", "plain"), ("align_tokenizer", "aligned")):
+    for variant in ("plain", "aligned"):
         folder = paths.tokenizer(variant)
         assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
         config = json.loads((folder / "config.json").read_text())
         assert config["variant"] == variant and len(config["latent_std"]) == 8
+        assert config["steps"] == 4  # the same budget for both
         model = load_tokenizer(folder)  # rebuilt from the folder alone
         z = model.encode(torch.zeros(2, 3, 16, 16))
         assert z.shape == (2, 8, 4, 4)
         assert model.decode(z).shape == (2, 3, 16, 16)
-        metrics = json.loads(paths.stage_metrics(stage).read_text())
+        metrics = json.loads(paths.stage_metrics(f"train_tokenizer@{variant}").read_text())
         assert all(name in metrics for name in QUALITY), sorted(metrics)
         assert 0 < metrics["ssim"] <= 1 and metrics["psnr"] > 0
-        assert not paths.work(stage).exists()  # resume points are removed once released
-    assert json.loads((paths.tokenizer("aligned") / "config.json").read_text())["foundation"] == (
-        "effnet_lite0"
-    )
+        # The last step stays as a resume point, so that raising the steps extends the run.
+        assert (paths.work(f"train_tokenizer@{variant}") / "step-00000004").is_dir()
+    released = json.loads((paths.tokenizer("aligned") / "config.json").read_text())
+    assert released["foundation"] == "effnet_lite0"
 
     client = MlflowClient(tracking_uri=f"sqlite:///{prepared / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ldm-poc")
     (run,) = client.search_runs(
-        [experiment.experiment_id], "attributes.run_name = 'align_tokenizer'"
+        [experiment.experiment_id], "attributes.run_name = 'train_tokenizer@aligned'"
     )
     losses = client.get_metric_history(run.info.run_id, "train/vf")
     assert [m.step for m in losses] == [4]  # logged every 10 steps and at the last one
     assert run.data.params["align.cos_margin"] == "0.5"
+    assert run.data.params["variant.align"] == "True"
     images = client.list_artifacts(run.info.run_id, "images")
     assert any("reconstructions" in a.path for a in images)
+    (plain,) = client.search_runs(
+        [experiment.experiment_id], "attributes.run_name = 'train_tokenizer@plain'"
+    )
+    assert not client.get_metric_history(plain.info.run_id, "train/vf")  # no VF loss
 
 
-def test_align_without_a_plain_tokenizer_says_what_to_run(prepared: Path) -> None:
-    result = runner.invoke(app, ["align-tokenizer"])
+def test_an_unknown_variant_names_the_known_ones(prepared: Path) -> None:
+    result = runner.invoke(app, ["train-tokenizer", "--variant", "nope"])
     assert result.exit_code == 1
-    assert "ldm train-tokenizer" in result.stderr and "align.init" in result.stderr
+    assert "plain" in result.stderr and "aligned" in result.stderr
 
 
 def test_missing_foundation_weights_name_the_setting_and_fallback(prepared: Path) -> None:
-    result = runner.invoke(app, ["train-tokenizer", "--set", "align.foundation=dinov2_vitl14"])
+    result = runner.invoke(
+        app, ["train-tokenizer", "--variant", "aligned", "--set", "align.foundation=dinov2_vitl14"]
+    )
     assert result.exit_code == 1
     assert "align.foundation_weights" in result.stderr and "effnet_lite0" in result.stderr

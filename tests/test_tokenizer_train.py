@@ -11,6 +11,7 @@ import torch
 from ldm import checkpoint, config
 from ldm.align import VFProjection, load_foundation
 from ldm.data.batches import ImageBatches, to_model_range
+from ldm.stages.tokenizer import RESUMABLE_SETTINGS
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
 from ldm.tokenizer.train import Alignment, NonFiniteLoss, TrainRun, fit, learning_rate
 from ldm.tracking import NullTracker
@@ -41,6 +42,7 @@ def make_run(
     steps: int,
     aligned: bool = False,
     model: Tokenizer | None = None,
+    notices: list[str] | None = None,
     **overrides: object,
 ) -> TrainRun:
     sets = {
@@ -54,6 +56,10 @@ def make_run(
         **overrides,
     }
     cfg = config.load(REPO / "params.yaml", [f"tokenizer.{k}={v}" for k, v in sets.items()])
+    # As the stage splits them: the recipe must match to resume, the rest may change.
+    recipe, resumable = checkpoint.split_settings(
+        "tokenizer", cfg.section("tokenizer"), RESUMABLE_SETTINGS
+    )
     torch.manual_seed(0)
     model = model or Tokenizer(ARCH)
     alignment = None
@@ -69,7 +75,6 @@ def make_run(
             1.0,
             1e8,
         )
-        alignment.phases = [p.model_copy(update={"steps": steps // 2}) for p in cfg.align.phases]
     return TrainRun(
         model=model,
         cfg=cfg.tokenizer,
@@ -79,8 +84,10 @@ def make_run(
         perceptual=None,
         alignment=alignment,
         work_dir=work,
-        fingerprint=str(sets),
+        identity={"architecture": model.arch.to_dict(), "align": aligned, **recipe},
+        settings=resumable,
         device=torch.device("cpu"),
+        notice=(notices if notices is not None else []).append,
     )
 
 
@@ -105,12 +112,50 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path: Path, aligned: boo
             torch.testing.assert_close(value, theirs[name], msg=name)
 
 
-def test_state_from_other_settings_is_not_resumed(tmp_path: Path) -> None:
+def test_raising_steps_continues_an_interrupted_run(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
-        fit(make_run(tmp_path, 6), NullTracker(), killed_after(3))
-    changed = make_run(tmp_path, 6, lr=0.001)
+        fit(make_run(tmp_path, 6), NullTracker(), killed_after(5))
+    notices: list[str] = []
+    longer = make_run(tmp_path, 8, notices=notices, checkpoint_every=3, eval_every=4)
+    steps_run = []
+    fit(longer, NullTracker(), steps_run.append)
+    assert longer.history["resumed_from_step"] == 4
+    assert sum(steps_run) == 8  # 4 resumed, 4 trained
+    assert "resuming at step 4" in notices[0]
+    assert "tokenizer.steps: 6 -> 8" in notices[0] and "tokenizer.eval_every: 3 -> 4" in notices[0]
+
+
+def test_a_finished_run_is_extended_not_restarted(tmp_path: Path) -> None:
+    fit(make_run(tmp_path, 4), NullTracker(), lambda n: None)
+    extended = make_run(tmp_path, 6)
+    fit(extended, NullTracker(), lambda n: None)
+    assert extended.history["resumed_from_step"] == 4
+
+
+def test_a_changed_recipe_restarts_and_keeps_the_old_state(tmp_path: Path) -> None:
+    fit(make_run(tmp_path / "work", 4), NullTracker(), lambda n: None)
+    notices: list[str] = []
+    changed = make_run(tmp_path / "work", 4, notices=notices, lr=0.001)
+    fit(changed, NullTracker(), lambda n: None)
+    assert "resumed_from_step" not in changed.history  # a finished run would ignore the new lr
+    assert "tokenizer.lr: 0.002 -> 0.001" in notices[0] and "cannot continue" in notices[0]
+    assert (tmp_path / "work.set-aside-at-step-4" / "step-00000004").is_dir()
+
+
+def test_a_changed_architecture_sets_the_old_state_aside_and_says_why(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_run(work, 6), NullTracker(), killed_after(3))
+    notices: list[str] = []
+    wider = TokenizerArch(**{**ARCH.to_dict(), "ch": 8, "ch_mult": (1, 2)})
+    changed = make_run(work, 6, model=Tokenizer(wider), notices=notices)
     fit(changed, NullTracker(), lambda n: None)
     assert "resumed_from_step" not in changed.history
+    (notice,) = notices
+    assert "architecture" in notice and "cannot continue" in notice
+    aside = tmp_path / "work.set-aside-at-step-2"
+    assert str(aside) in notice
+    assert checkpoint.latest_state(aside).name == "step-00000002"  # kept, not deleted
 
 
 def test_training_reduces_the_reconstruction_error(tmp_path: Path) -> None:

@@ -46,6 +46,14 @@ class ImageBatches:
         positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
         return np.array([int(self._perm(int(p // n))[p % n]) for p in positions])
 
+    def pictures(self, keys: torch.Tensor) -> torch.Tensor:
+        """The pictures `keys` name (see `batch`), in [-1, 1] (K, 3, H, W)."""
+        idx, flip = (keys // 2).numpy(), (keys % 2).bool()
+        order = np.argsort(idx)
+        x = to_model_range(self.images[idx[order]])[np.argsort(order)]
+        x[flip] = x[flip].flip(-1)
+        return x
+
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] (B, 3, H, W), labels (B,) and keys (B,) for step `step`.
 

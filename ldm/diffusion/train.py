@@ -17,12 +17,11 @@ import copy
 import functools
 import math
 import resource
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -62,8 +61,10 @@ class DiffusionRun:
     labels: Tensor  # (N,) long class ids
     num_classes: int
     work_dir: Path  # resume points live here
-    fingerprint: str  # a resume point is used only if it was made with the same settings
+    identity: dict[str, Any]  # what the saved state means: a change makes it unusable
+    settings: dict[str, Any]  # everything else; a run resumes across changes to these
     device: torch.device
+    notice: Callable[[str], None] = print  # one-line messages for the person watching
     dist: Dist = field(default_factory=Dist)
     decode: Callable[[Tensor], Tensor] | None = None  # latents -> images (B, 3, H, W) in [-1, 1]
     history: dict[str, float] = field(default_factory=dict)
@@ -144,17 +145,23 @@ def _rank_batch(
 
 
 def _resume(run: DiffusionRun, modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> dict:
-    """Load the newest resume point made with these settings; its state, or {} for a fresh run."""
-    folder = checkpoint.latest_state(run.work_dir)
-    state = torch.load(folder / "state.pt", weights_only=True) if folder else None
-    barrier()  # every rank has read the folder before rank 0 may remove it
-    if state is None:
+    """Load the newest resume point these settings can continue; its state, or {} if none."""
+    latest = checkpoint.latest_state(run.work_dir)
+    found = checkpoint.find_resume_point(
+        run.work_dir,
+        run.identity,
+        run.settings,
+        run.cfg.steps,
+        run.notice if run.dist.is_main else lambda _: None,
+        may_move=False,
+    )
+    barrier()  # every rank has read the folder before rank 0 may move it
+    if found is None:
+        if run.dist.is_main and latest is not None:
+            step = torch.load(latest / "state.pt", weights_only=True)["step"]
+            checkpoint.set_aside(run.work_dir, checkpoint.aside_name(run.work_dir, step))
         return {}
-    if state.get("fingerprint") != run.fingerprint:
-        # Settings changed since that state was written: it belongs to another run.
-        if run.dist.is_main:
-            shutil.rmtree(run.work_dir)
-        return {}
+    folder, state = found
     checkpoint.load_state(folder, modules)
     opt.load_state_dict(state["optimizer"])
     run.history["resumed_from_step"] = float(state["step"])
@@ -325,9 +332,11 @@ def fit_diffusion(
                 log_window(done, lr)
             if done % cfg.sample_every == 0 and done < cfg.steps:
                 log_samples(done)
-            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            # The last step is saved too, so that raising the steps later extends this run.
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 if dist.is_main:
-                    extra = {"optimizer": _cpu_state(optimizer), "fingerprint": run.fingerprint}
+                    extra = {"optimizer": _cpu_state(optimizer)}
+                    extra |= checkpoint.resume_metadata(run.identity, run.settings)
                     extra |= {"skipped": sorted(skipped), "gpu_hours": gpu_hours()}
                     checkpoint.save_state(run.work_dir, done, modules, extra)
                 barrier()  # no rank runs ahead of a resume point it might roll back to

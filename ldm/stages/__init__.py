@@ -17,26 +17,48 @@ from ldm.config import Config
 from ldm.cost import CostMeter
 from ldm.errors import DataError
 from ldm.paths import Paths
-from ldm.stages import data, diffusion, tokenizer
+from ldm.stages import encode, prepare, tokenizer, train_diffusion, validate
 from ldm.stages.result import StageResult
 
 
 @dataclass(frozen=True)
 class Stage:
     function: Callable[..., StageResult]  # (cfg, paths, tracker[, variant]) -> StageResult
-    sections: tuple[str, ...]  # the params sections it reads, logged with its run
+    # The params it reads that change what it writes: its DVC params (a test keeps them equal)
+    # and, by section, the params logged with its run. `variants.${key}` is the variant's entry.
+    params: tuple[str, ...]
     per_variant: bool = False  # one run per tokenizer variant in `variants`: name@variant
+
+    @property
+    def sections(self) -> list[str]:
+        return [s for s in dict.fromkeys(k.split(".")[0] for k in self.params) if s != "variants"]
 
 
 # The pipeline's stages in DAG order. dvc.yaml and the Prefect flow use the same names
 # (tests/test_wiring.py checks it); per-variant stages are DVC `foreach` stages.
 STAGES: dict[str, Stage] = {
-    "validate": Stage(data.validate, ("data", "validate")),
-    "prepare": Stage(data.prepare, ("data", "prepare")),
-    "train_tokenizer": Stage(tokenizer.train_tokenizer, ("data", "tokenizer", "align", "evaluate")),
-    "align_tokenizer": Stage(tokenizer.align_tokenizer, ("data", "tokenizer", "align", "evaluate")),
-    "encode": Stage(diffusion.encode, ("data", "evaluate"), per_variant=True),
-    "train_diffusion": Stage(diffusion.train_diffusion, ("diffusion", "sample"), per_variant=True),
+    "validate": Stage(validate.validate, ("data.raw_dir", "validate")),
+    "prepare": Stage(
+        prepare.prepare, ("data.raw_dir", "data.resolution", "data.val_fraction", "prepare")
+    ),
+    "train_tokenizer": Stage(
+        tokenizer.train_tokenizer,
+        (
+            "variants.${key}",
+            "data.resolution",
+            "tokenizer",
+            "align",
+            "evaluate.features",
+            "evaluate.features_weights",
+            "evaluate.features_sha256",
+            "evaluate.batch_size",
+        ),
+        per_variant=True,
+    ),
+    "encode": Stage(encode.encode, ("tokenizer.device", "evaluate.batch_size"), per_variant=True),
+    "train_diffusion": Stage(
+        train_diffusion.train_diffusion, ("diffusion", "sample"), per_variant=True
+    ),
 }
 
 
@@ -61,7 +83,7 @@ def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> St
 
     spec = STAGES[stage]
     if spec.per_variant and variant not in cfg.variants:
-        raise DataError(f"{stage} runs per variant: pick one of {cfg.variants} (--variant)")
+        raise DataError(f"{stage} runs per variant: pick one of {list(cfg.variants)} (--variant)")
     name = f"{stage}@{variant}" if spec.per_variant else stage
     args = (variant,) if spec.per_variant else ()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -70,7 +92,11 @@ def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> St
     with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
         tracker.log_params(
             {section: cfg.section(section) for section in spec.sections}
-            | ({"variant": variant} if spec.per_variant else {})
+            | (
+                {"variant": {"name": variant} | cfg.section("variants")[variant]}
+                if spec.per_variant
+                else {}
+            )
         )
         with CostMeter(cfg.cost) as meter:
             result = spec.function(cfg, paths, tracker, *args)

@@ -62,11 +62,14 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def arch_from_preset(name: str, resolution: int) -> TokenizerArch:
-    """The named preset at the given image side."""
+def arch_from_preset(
+    name: str, resolution: int, latent_channels: int | None = None
+) -> TokenizerArch:
+    """The named preset at the given image side; `latent_channels` replaces its d if given."""
     if name not in PRESETS:
         raise ValueError(f"unknown tokenizer preset {name!r} (known: {', '.join(PRESETS)})")
-    return TokenizerArch(**PRESETS[name], resolution=resolution)
+    values = PRESETS[name] | ({"latent_channels": latent_channels} if latent_channels else {})
+    return TokenizerArch(**values, resolution=resolution)
 
 
 def num_groups(channels: int) -> int:

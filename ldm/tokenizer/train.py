@@ -1,4 +1,4 @@
-"""The tokenizer's training loop, shared by `train_tokenizer` and `align_tokenizer`.
+"""The tokenizer's training loop, for plain and aligned variants alike.
 
 Objective (VQGAN/LDM with VA-VAE's addition):
     L = rec + kl_weight·KL [+ w_gan·disc_weight·G] [+ w_vf·vf_weight·(cos_w·L_mcos + dist_w·L_mdms)]
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,18 +52,19 @@ class Alignment:
 
     foundation: nn.Module
     projection: nn.Module
-    phases: list[AlignPhase]
+    phases: list[AlignPhase]  # shares of the run's steps
     cos_margin: float
     distmat_margin: float
     cos_weight: float
     distmat_weight: float
     adaptive_max: float
 
-    def phase(self, step: int) -> AlignPhase:
-        end = 0
+    def phase(self, step: int, total: int) -> AlignPhase:
+        """The phase `step` of a `total`-step run falls in."""
+        end = 0.0
         for phase in self.phases:
-            end += phase.steps
-            if step < end:
+            end += phase.share
+            if step < round(end * total):
                 return phase
         return self.phases[-1]
 
@@ -73,24 +74,29 @@ class FeatureCache:
 
     The foundation model is frozen and its input is fixed per picture (image + flip), so the
     features of an epoch are the same as those of the last one; on a CPU they cost more than
-    the tokenizer's own step.
+    the tokenizer's own step. They are computed in fixed groups of consecutive keys, never for
+    "whatever this batch lacks": a convolution's last bits depend on the batch it ran in, and a
+    resumed run must see exactly the features the uninterrupted one saw.
     """
 
-    def __init__(self, foundation: nn.Module, grid: tuple[int, int], n_keys: int) -> None:
-        self.foundation, self.grid = foundation, grid
+    def __init__(
+        self, foundation: nn.Module, grid: tuple[int, int], batches: ImageBatches, group: int
+    ) -> None:
+        self.foundation, self.grid, self.batches, self.group = foundation, grid, batches, group
+        self.n_keys = 2 * len(batches.images)  # every picture, plain and mirrored
         per_entry = foundation.feature_dim * grid[0] * grid[1] * 2  # float16
-        self.enabled = n_keys * per_entry <= FEATURE_CACHE_BYTES
+        self.enabled = self.n_keys * per_entry <= FEATURE_CACHE_BYTES
         self.store: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return self.foundation(x, self.grid).float()
-        missing = [i for i, k in enumerate(keys.tolist()) if k not in self.store]
-        if missing:
-            computed = self.foundation(x[missing], self.grid).half().cpu()  # (M, C, h, w)
-            for i, feats in zip(missing, computed, strict=True):
-                self.store[int(keys[i])] = feats
+        for first in sorted({k - k % self.group for k in keys.tolist() if k not in self.store}):
+            group = torch.arange(first, min(first + self.group, self.n_keys))
+            pictures = self.batches.pictures(group).to(x.device)
+            computed = self.foundation(pictures, self.grid).half().cpu()  # (G, C, h, w)
+            self.store.update(zip(group.tolist(), computed, strict=True))
         return torch.stack([self.store[int(k)] for k in keys.tolist()]).to(x.device).float()
 
 
@@ -106,8 +112,10 @@ class TrainRun:
     perceptual: nn.Module | None
     alignment: Alignment | None
     work_dir: Path  # resume points live here
-    fingerprint: str  # a resume point is used only if it was made with the same settings
+    identity: dict[str, Any]  # what the saved state means: a change makes it unusable
+    settings: dict[str, Any]  # everything else; a run resumes across changes to these
     device: torch.device
+    notice: Callable[[str], None] = print  # one-line messages for the person watching
     history: dict[str, float] = field(default_factory=dict)
 
 
@@ -146,14 +154,12 @@ def validation_check(
 def _resume(
     run: TrainRun, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
 ) -> int:
-    folder = checkpoint.latest_state(run.work_dir)
-    if folder is None:
+    found = checkpoint.find_resume_point(
+        run.work_dir, run.identity, run.settings, run.steps, run.notice
+    )
+    if found is None:
         return 0
-    state = torch.load(folder / "state.pt", weights_only=True)
-    if state.get("fingerprint") != run.fingerprint:
-        # Settings changed since that state was written: it belongs to another run.
-        shutil.rmtree(run.work_dir)
-        return 0
+    folder, state = found
     checkpoint.load_state(folder, modules)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(state[f"optimizer_{name}"])
@@ -193,7 +199,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
     features = None
     if align is not None:
         grid = model.latent_shape[1:]
-        features = FeatureCache(align.foundation, grid, 2 * len(run.batches.images))
+        features = FeatureCache(align.foundation, grid, run.batches, cfg.batch_size)
     sums: dict[str, float] = {}
     window, images_seen, clock = 0, 0, time.perf_counter()
     final_loss = float("nan")
@@ -216,7 +222,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
             loss = rec + cfg.kl_weight * kl
             logged = {"train/l1": l1, "train/perceptual": perceptual, "train/kl": kl}
             if align is not None:
-                phase = align.phase(step)
+                phase = align.phase(step, run.steps)
                 margins = (align.cos_margin, align.distmat_margin) if phase.use_margins else (0, 0)
                 target = features(x, keys)  # (B, C_f, h, w)
                 vf, _ = vf_loss(
@@ -276,11 +282,11 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
                 key="reconstructions",
                 step=done,
             )
-        if done % cfg.checkpoint_every == 0 and done < run.steps:
+        # The last step is saved too, so that raising the steps later extends this run.
+        if done % cfg.checkpoint_every == 0 or done == run.steps:
             states = {f"optimizer_{k}": o.state_dict() for k, o in optimizers.items()}
-            checkpoint.save_state(
-                run.work_dir, done, modules, {**states, "fingerprint": run.fingerprint}
-            )
+            meta = checkpoint.resume_metadata(run.identity, run.settings)
+            checkpoint.save_state(run.work_dir, done, modules, {**states, **meta})
         progress(1)
     seconds = time.perf_counter() - clock
     # A summary only: the curves were logged step by step above.

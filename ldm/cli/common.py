@@ -1,0 +1,53 @@
+"""What every `ldm` command shares: the Typer app, options, config loading and exit codes.
+
+Heavy libraries are imported inside the commands so that `ldm --help` answers at once.
+Exit codes: 0 done; 1 the data or setup needs a fix (message says what); 2 bad usage or config;
+3 an unexpected error (traceback printed; `ldm run` retries those, as they may be transient).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ldm.config import Config, ConfigError
+from ldm.paths import Paths
+
+EXIT_USER, EXIT_USAGE, EXIT_UNEXPECTED = 1, 2, 3
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Proof-of-concept trials of latent diffusion on your own images.",
+)
+
+ParamsOption = Annotated[
+    Path | None,
+    typer.Option("--params", help="Params file [default: params.yaml in the project root]."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one value, e.g. --set data.resolution=64 (repeatable)."),
+]
+VariantOption = Annotated[
+    str | None,
+    typer.Option(
+        "--variant", help="Tokenizer variant (see `variants` in params.yaml) [default: all]."
+    ),
+]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def load_config(paths: Paths, params: Path | None, overrides: list[str] | None) -> Config:
+    from ldm import config
+
+    try:
+        return config.load(params or paths.root / "params.yaml", overrides)
+    except ConfigError as err:
+        raise fail(str(err), EXIT_USAGE) from None

@@ -1,0 +1,87 @@
+"""One command per pipeline stage: what `dvc repro` runs (see dvc.yaml)."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import typer
+
+from ldm.cli.common import (
+    EXIT_UNEXPECTED,
+    EXIT_USER,
+    ParamsOption,
+    SetOption,
+    VariantOption,
+    app,
+    fail,
+    load_config,
+)
+from ldm.errors import LdmError
+from ldm.paths import Paths
+
+
+def run_stage(
+    stage: str, params: Path | None, overrides: list[str] | None, variant: str | None = None
+) -> None:
+    paths = Paths.discover()
+    cfg = load_config(paths, params, overrides)
+    from ldm import stages
+
+    try:
+        result = stages.run(stage, cfg, paths, variant)
+    except LdmError as err:
+        raise fail(str(err), EXIT_USER) from None
+    except Exception:
+        traceback.print_exc()
+        raise fail(
+            f"{stage}: unexpected error (see the traceback above)", EXIT_UNEXPECTED
+        ) from None
+    shown = {k: v for k, v in result.metrics.items() if not k.startswith("n_rejected_")}
+    name = f"{stage}@{variant}" if variant else stage
+    numbers = {k: v for k, v in shown.items() if isinstance(v, int | float)}
+    typer.echo(f"{name}: done  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(numbers.items())))
+
+
+def run_per_variant(
+    stage: str, params: Path | None, overrides: list[str] | None, variant: str | None
+) -> None:
+    cfg = load_config(Paths.discover(), params, overrides)
+    for name in [variant] if variant else list(cfg.variants):
+        run_stage(stage, params, overrides, name)
+
+
+@app.command()
+def validate(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Check every file under data.raw_dir; write the manifest, the rejects and the GX report."""
+    run_stage("validate", params, overrides)
+
+
+@app.command()
+def prepare(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Crop and resize accepted images into train/val shards."""
+    run_stage("prepare", params, overrides)
+
+
+@app.command("train-tokenizer")
+def train_tokenizer(
+    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+) -> None:
+    """Train a variant's KL-VAE tokenizer (with VA-VAE's VF loss when the variant aligns)."""
+    run_per_variant("train_tokenizer", params, overrides, variant)
+
+
+@app.command()
+def encode(
+    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+) -> None:
+    """Encode the train split (and its mirror) into latents with a variant's tokenizer."""
+    run_per_variant("encode", params, overrides, variant)
+
+
+@app.command("train-diffusion")
+def train_diffusion(
+    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+) -> None:
+    """Train LightningDiT on a variant's latents (under torchrun: DDP over the GPUs)."""
+    run_per_variant("train_diffusion", params, overrides, variant)

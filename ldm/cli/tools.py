@@ -1,0 +1,150 @@
+"""Commands around the pipeline: sampling, the bundled data, presets, the config, the UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ldm.cli.common import (
+    EXIT_USAGE,
+    EXIT_USER,
+    ParamsOption,
+    SetOption,
+    app,
+    fail,
+    load_config,
+)
+from ldm.config import ConfigError
+from ldm.errors import LdmError
+from ldm.paths import Paths
+
+
+@app.command("sample")
+def sample_images(
+    out: Annotated[Path, typer.Argument(help="A .png file for a grid, or a folder for files.")],
+    variant: Annotated[str, typer.Option(help="Which variant's diffusion model.")] = "aligned",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="A diffusion release folder [default: data/checkpoints/diffusion-VARIANT]."
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of images.")] = 16,
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Draw only this class [default: the classes in turn]."),
+    ] = None,
+    params: ParamsOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Generate images with a trained diffusion model (sampler settings: `sample` section)."""
+    paths = Paths.discover()
+    cfg = load_config(paths, params, overrides)
+    from PIL import Image
+
+    from ldm.devices import pick_device
+    from ldm.generate import generate, image_grid
+
+    try:
+        images = generate(
+            checkpoint or paths.diffusion(variant),
+            paths.root,
+            n,
+            class_name,
+            cfg.sample,
+            pick_device(cfg.diffusion.device),
+        )
+    except LdmError as err:
+        raise fail(str(err), EXIT_USER) from None
+    if out.suffix.lower() == ".png":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image_grid(images, columns=min(n, 8))).save(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(out / f"sample-{i:05d}.png")
+    typer.echo(f"wrote {n} samples to {out}")
+
+
+@app.command("sample-data")
+def sample_data(
+    directory: Annotated[
+        Path, typer.Argument(help="Empty or new folder to write the images into.")
+    ],
+    per_class: Annotated[int, typer.Option(min=1, help="Images per class.")] = 200,
+    size: Annotated[int, typer.Option(min=16, help="Side of each image in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the crops; same seed, same bytes.")] = 0,
+) -> None:
+    """Write a small real dataset (crops of photos shipped with scikit-image) into DIRECTORY."""
+    from ldm.data.sample import PHOTOS, write_sample
+    from ldm.progress import progress_bar
+
+    try:
+        with progress_bar(f"sample-data {directory}", per_class * len(PHOTOS)) as advance:
+            counts = write_sample(directory, per_class, size, seed, progress=advance)
+    except LdmError as err:
+        raise fail(str(err), EXIT_USER) from None
+    typer.echo(f"wrote {sum(counts.values())} images in {len(counts)} classes to {directory}")
+
+
+@app.command()
+def preset(name: Annotated[str, typer.Argument(help="A file in presets/, e.g. paper.")]) -> None:
+    """Write a named preset's values into params.yaml (validated first; comments kept)."""
+    import json
+
+    import yaml
+
+    from ldm.params_file import write_overrides
+
+    paths = Paths.discover()
+    source = paths.root / "presets" / f"{name}.yaml"
+    if not source.is_file():
+        known = sorted(p.stem for p in (paths.root / "presets").glob("*.yaml"))
+        raise fail(f"no preset {name!r} in {source.parent}; known: {known}", EXIT_USAGE)
+    values = yaml.safe_load(source.read_text())
+    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    try:
+        changes = write_overrides(paths.root / "params.yaml", overrides)
+    except ConfigError as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    for line in changes:
+        typer.echo(line)
+    typer.echo(f"params.yaml now follows the {name} preset ({len(changes)} values changed)")
+
+
+@app.command("show-config")
+def show_config(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Print the validated config, overrides applied, as YAML."""
+    import yaml
+
+    cfg = load_config(Paths.discover(), params, overrides)
+    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> None:
+    """Open the MLflow UI on the project's tracking store."""
+    import subprocess
+    import sys
+
+    from ldm.tracking import tracking_uri
+
+    uri = tracking_uri(Paths.discover().root)
+    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl+C to stop)")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        check=False,
+    )

@@ -1,0 +1,188 @@
+"""The shapes of what the late stages write and read: typed, versioned by their fields.
+
+- `StageCost`: what one stage cost (`data/metrics/<stage>.json`, keys `cost/...`).
+- `ConvergenceCurve`: gFD against training step and compute during `train_diffusion`
+  (`data/metrics/convergence@<variant>.json`).
+- `EvaluateRecord`: one variant's quality, speed and cost (`data/metrics/evaluate@<variant>.json`),
+  the contract between `evaluate`, `report`, the registry and the README's schema.
+
+A distance or similarity is only comparable within the network that measured it, so its JSON key
+carries that network's name: the field `fd` measured with EfficientNet-Lite2 is written
+`fd_effnet_lite2`, and read back from there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+COST_PREFIX = "cost/"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # field -> the field holding the name of the network that measured it
+    named_by: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_network_named_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.named_by:
+            data = dict(data)
+            for name, net_field in cls.named_by.items():
+                key = f"{name}_{data.get(net_field)}"
+                if key in data:
+                    data[name] = data.pop(key)
+        return data
+
+    @model_serializer(mode="wrap")
+    def _write_network_named_keys(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for name, net_field in self.named_by.items():
+            data[f"{name}_{getattr(self, net_field)}"] = data.pop(name)
+        return data
+
+
+class StageCost(Record):
+    """What one stage cost. Energy is None where nothing measured it (a CPU), never 0."""
+
+    wall_seconds: float = Field(ge=0.0)
+    cpu_hours: float = Field(ge=0.0)
+    gpu_hours: float = Field(ge=0.0)  # device_count x wall time, on GPUs only
+    usd: float = Field(ge=0.0)
+    energy_kwh: float | None = Field(default=None, ge=0.0)
+    device_kind: str  # "cpu" or the GPU's model name
+    device_count: int = Field(ge=0)  # GPUs the stage used; 0 on a CPU
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any]) -> StageCost:
+        """Read the `cost/...` keys of a stage's metrics file."""
+        values = {
+            k.removeprefix(COST_PREFIX): v for k, v in metrics.items() if k.startswith(COST_PREFIX)
+        }
+        values.pop("peak_rss_mb", None)
+        if "device_count" in values:
+            values["device_count"] = int(values["device_count"])
+        return cls.model_validate(values)
+
+    def __add__(self, other: StageCost) -> StageCost:
+        """Costs of stages that ran one after another (a variant's total)."""
+        kinds = sorted({self.device_kind, other.device_kind})
+        energy = None
+        if self.energy_kwh is not None or other.energy_kwh is not None:
+            energy = (self.energy_kwh or 0.0) + (other.energy_kwh or 0.0)
+        return StageCost(
+            wall_seconds=self.wall_seconds + other.wall_seconds,
+            cpu_hours=self.cpu_hours + other.cpu_hours,
+            gpu_hours=self.gpu_hours + other.gpu_hours,
+            usd=self.usd + other.usd,
+            energy_kwh=energy,
+            device_kind=" + ".join(kinds),
+            device_count=max(self.device_count, other.device_count),
+        )
+
+
+class ConvergencePoint(Record):
+    step: int = Field(ge=0)
+    compute_hours: float = Field(ge=0.0)  # GPU-hours on GPUs, CPU-hours on a CPU, cumulative
+    fd: float = Field(ge=0.0)
+
+
+class ConvergenceCurve(Record):
+    """A cheap FD of EMA samples at fixed noise, every `diffusion.sample_every` steps."""
+
+    named_by: ClassVar[dict[str, str]] = {}
+    variant: str
+    feature_net: str
+    compute_unit: str  # "gpu_hours" or "cpu_hours"
+    num_samples: int = Field(ge=2)
+    points: list[ConvergencePoint]
+
+
+class TokenizerQuality(Record):
+    """Reconstruction of the val split, as measured once by `train_tokenizer@<variant>`."""
+
+    named_by: ClassVar[dict[str, str]] = {
+        "perceptual": "perceptual_net",
+        "rfd": "feature_net",
+        "cka": "cka_foundation",
+    }
+    psnr: float
+    ssim: float
+    perceptual: float  # a distance in a network the training never saw
+    perceptual_net: str
+    rfd: float  # FD of reconstructions vs originals
+    feature_net: str
+    cka: float  # linear CKA of latents vs the foundation model's features
+    cka_foundation: str
+
+
+class GenerationQuality(Record):
+    """`num_samples` class-balanced generated images against the val split."""
+
+    named_by: ClassVar[dict[str, str]] = {"fd": "feature_net", "fd_per_class": "feature_net"}
+    feature_net: str
+    num_samples: int = Field(ge=2)
+    fd: float
+    precision: float = Field(ge=0.0, le=1.0)  # Kynkäänniemi et al. 2019
+    recall: float = Field(ge=0.0, le=1.0)
+    density: float = Field(ge=0.0)  # Naeem et al. 2020; may exceed 1
+    coverage: float = Field(ge=0.0, le=1.0)
+    nearest_k: int = Field(ge=1)
+    fd_per_class: dict[str, float] | None  # None when the data has no classes
+
+
+class ReferenceLines(Record):
+    """What a perfect and an untrained generator score, in the same network and sample sizes."""
+
+    feature_net: str
+    fd_train_val: float  # train split vs val split: the floor
+    fd_random_latents: float  # decoded N(0, I) latents vs val split: the ceiling
+
+    def relative(self, fd: float) -> float:
+        """0 at the floor, 1 at the ceiling: how much of the way an FD still has to go."""
+        span = self.fd_random_latents - self.fd_train_val
+        return (fd - self.fd_train_val) / span if span > 0 else float("inf")
+
+
+class SamplingSpeed(Record):
+    solver: str
+    steps: int
+    cfg_scale: float
+    device_kind: str
+    sample_images_per_second: float  # latents drawn and decoded
+    encode_images_per_second: float
+    decode_images_per_second: float
+
+
+class VariantCost(Record):
+    """A variant's total, shared stages included, and what each stage contributed."""
+
+    total: StageCost
+    stages: dict[str, StageCost]
+
+
+class EvaluateRecord(Record):
+    variant: str
+    tokenizer: TokenizerQuality
+    generation: GenerationQuality
+    reference: ReferenceLines
+    speed: SamplingSpeed
+    cost: VariantCost
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics for MLflow: `generation/fd_effnet_lite2`, `cost/usd`, ..."""
+        flat: dict[str, float] = {}
+        for section in ("tokenizer", "generation", "reference", "speed"):
+            for key, value in getattr(self, section).model_dump().items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    flat[f"{section}/{key}"] = float(value)
+                elif isinstance(value, dict):  # per-class FDs
+                    flat |= {f"{section}/{key}/{k}": float(v) for k, v in value.items()}
+        for key, value in self.cost.total.model_dump().items():
+            if isinstance(value, int | float):
+                flat[f"cost/{key}"] = float(value)
+        flat["reference/relative_fd"] = self.reference.relative(self.generation.fd)
+        return flat

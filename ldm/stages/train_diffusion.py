@@ -1,0 +1,121 @@
+"""The train_diffusion stage: LightningDiT on one variant's cached latents.
+
+Samples logged during training are decoded by the variant's own tokenizer, which owns its latent
+scale.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from ldm.config import Config
+from ldm.devices import pick_device
+from ldm.errors import DataError
+from ldm.paths import Paths
+from ldm.progress import notice, progress_bar
+from ldm.stages.inputs import released_tokenizer
+from ldm.stages.result import StageResult
+from ldm.tracking import Tracker
+
+if TYPE_CHECKING:
+    pass
+
+
+# Settings that change how a run goes, not what it computes: a run resumes across changes to
+# them (raising `steps` extends it). Any other change restarts it, keeping the old state aside.
+# micro_batch_size only splits the same global batch into gradient-accumulation pieces.
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "steps",
+        "micro_batch_size",
+        "checkpoint_every",
+        "sample_every",
+        "curve_samples",
+        "on_non_finite",
+        "device",
+        "world_size",
+        "precision",
+        "compile",
+    }
+)
+
+
+def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
+    """Train LightningDiT on one variant's latents; release the EMA weights."""
+    import numpy as np
+    import torch
+
+    from ldm import checkpoint
+    from ldm.diffusion import create_model
+    from ldm.diffusion.train import DiffusionRun, fit_diffusion
+    from ldm.distributed import cleanup, init_distributed
+
+    diff = cfg.diffusion
+    folder = paths.latents(variant)
+    if not (folder / "meta.json").is_file():
+        raise DataError(f"{folder} holds no latents: run `ldm encode --variant {variant}` first")
+    meta = json.loads((folder / "meta.json").read_text())
+    latents = torch.from_numpy(np.load(folder / "latents.npy", allow_pickle=False))
+    labels = torch.from_numpy(np.load(folder / "labels.npy", allow_pickle=False))
+    # One class is an unconditional model: a label embedding would have nothing to tell apart.
+    num_classes = meta["num_classes"] if meta["num_classes"] > 1 else 0
+    recipe, resumable = checkpoint.split_settings(
+        "diffusion", cfg.section("diffusion"), RESUMABLE_SETTINGS
+    )
+    device = pick_device(diff.device)
+    dist = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    torch.manual_seed(diff.seed)
+    channels, size = meta["shape"][0], meta["shape"][1]
+    model = create_model(
+        diff.model,
+        channels,
+        size,
+        num_classes,
+        swiglu=diff.swiglu,
+        rmsnorm=diff.rmsnorm,
+        rope=diff.rope,
+        qk_norm=diff.qk_norm,
+        class_dropout=diff.class_dropout,
+    )
+    tokenizer = released_tokenizer(paths, variant).to(device)
+    run = DiffusionRun(
+        model=model,
+        cfg=diff,
+        sample_cfg=cfg.sample,
+        latents=latents,
+        labels=labels,
+        num_classes=num_classes,
+        work_dir=paths.work(f"train_diffusion@{variant}"),
+        identity={
+            "architecture": model.config,
+            "latents (the tokenizer and the data)": meta,
+            **recipe,
+        },
+        settings=resumable | {"sample": cfg.section("sample")},  # the sampler draws grids only
+        device=device,
+        dist=dist,
+        decode=tokenizer.decode,
+        notice=notice,
+    )
+    try:
+        with progress_bar(f"train_diffusion@{variant}", diff.steps) as advance:
+            metrics = fit_diffusion(run, tracker, advance)
+        if dist.is_main:
+            checkpoint.save_release(
+                paths.diffusion(variant),
+                run.ema,
+                {
+                    "model": model.config,
+                    "variant": variant,
+                    "class_map": meta["class_map"],
+                    "tokenizer": str(paths.tokenizer(variant).relative_to(paths.root)),
+                    "steps": diff.steps,
+                    "ema_decay": diff.ema_decay,
+                },
+            )
+    finally:
+        cleanup()
+    return StageResult(metrics, [paths.diffusion(variant) / "config.json"])
