@@ -38,6 +38,7 @@ from ldm.errors import LdmError
 
 if TYPE_CHECKING:  # the config module imports pydantic and yaml; the loop only needs the types
     from ldm.config import DiffusionConfig, SampleConfig
+    from ldm.data.latents import LatentRows
     from ldm.tracking import Tracker
 
 LOG_EVERY = 10  # steps between logged points
@@ -57,7 +58,9 @@ class DiffusionRun:
     model: LightningDiT
     cfg: DiffusionConfig
     sample_cfg: SampleConfig
-    latents: Tensor  # (N, C, h, w) float, already normalised with the tokenizer's statistics
+    # (N, C, h, w) float, normalised with the tokenizer's statistics; a tensor or a reader of
+    # shards that gives a tensor for a tensor of indices
+    latents: Tensor | LatentRows
     labels: Tensor  # (N,) long class ids
     num_classes: int
     work_dir: Path  # resume points live here

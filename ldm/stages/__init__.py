@@ -55,7 +55,11 @@ STAGES: dict[str, Stage] = {
         ),
         per_variant=True,
     ),
-    "encode": Stage(encode.encode, ("tokenizer.device", "evaluate.batch_size"), per_variant=True),
+    "encode": Stage(
+        encode.encode,
+        ("tokenizer.device", "evaluate.batch_size", "prepare.shard_size"),
+        per_variant=True,
+    ),
     "train_diffusion": Stage(
         train_diffusion.train_diffusion, ("diffusion", "sample"), per_variant=True
     ),

@@ -7,19 +7,24 @@ spaces are never compared by accident.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
-from ldm.align import latent_feature_cka
+from ldm.align import cka_from_covariance
 from ldm.data.batches import to_model_range
-from ldm.evaluate import feature_stats, frechet_distance, metric_name, psnr, ssim
+from ldm.evaluate import RunningMoments, frechet_distance, metric_name, psnr, ssim
 from ldm.tokenizer.model import Tokenizer
+
+if TYPE_CHECKING:
+    from ldm.data.shards import ShardedArray
 
 
 @torch.no_grad()
 def latent_statistics(
-    model: Tokenizer, images: np.ndarray, device: torch.device, batch_size: int
+    model: Tokenizer, images: np.ndarray | ShardedArray, device: torch.device, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of the posterior means over uint8 NHWC `images`.
 
@@ -42,36 +47,40 @@ def latent_statistics(
 @torch.no_grad()
 def measure_reconstruction(
     model: Tokenizer,
-    images: torch.Tensor,
+    images: np.ndarray | ShardedArray,
     device: torch.device,
     batch_size: int,
     perceptual: nn.Module | None,
     eval_net: nn.Module,
     foundation: nn.Module,
 ) -> dict[str, float]:
-    """PSNR, SSIM, perceptual distance, rFD and latent-feature CKA over `images` in [-1, 1]."""
+    """PSNR, SSIM, perceptual distance, rFD and latent-feature CKA over uint8 NHWC `images`.
+
+    Batch by batch, keeping only per-image scores and running moments: the features of a large
+    val split (a foundation map per image) would not fit in memory.
+    """
     model.eval()
     grid = model.latent_shape[1:]
-    psnrs, ssims, dists, real, fake, latents, feats = [], [], [], [], [], [], []
+    psnrs, ssims, dists = [], [], []
+    real, fake, joint = RunningMoments(), RunningMoments(), RunningMoments()
     for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device)
+        x = to_model_range(images[start : start + batch_size]).to(device)  # (B, 3, H, W)
         z = model.posterior(x).mode()  # (B, d, h, w)
         recon = model.decode_raw(z).float().clamp(-1, 1)
         psnrs.append(psnr(recon, x).cpu())
         ssims.append(ssim(recon, x).cpu())
         if perceptual is not None:
             dists.append(perceptual(recon, x).float().cpu())
-        real.append(eval_net(x).double().cpu())
-        fake.append(eval_net(recon).double().cpu())
-        latents.append(z.float().cpu())
-        feats.append(foundation(x, grid).float().cpu())
+        real.add(eval_net(x))
+        fake.add(eval_net(recon))
+        feats = foundation(x, grid).float()  # (B, C, h, w)
+        # One row per latent position: [latent channels, feature channels].
+        joint.add(torch.cat([z.float(), feats], dim=1).permute(0, 2, 3, 1).flatten(0, 2))
     metrics = {
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
-        "r" + metric_name(eval_net.name): frechet_distance(
-            *feature_stats(torch.cat(real)), *feature_stats(torch.cat(fake))
-        ),
-        f"cka_{foundation.name}": latent_feature_cka(torch.cat(latents), torch.cat(feats)),
+        "r" + metric_name(eval_net.name): frechet_distance(*real.stats(), *fake.stats()),
+        f"cka_{foundation.name}": cka_from_covariance(joint.stats()[1], z.shape[1]),
     }
     if perceptual is not None:
         metrics[f"perceptual_{perceptual.name}"] = torch.cat(dists).mean().item()
