@@ -114,6 +114,7 @@ def test_latent_shards_round_trip_with_the_statistics_of_all_latents(tmp_path: P
     assert every.dtype == torch.float32
     torch.testing.assert_close(every, torch.from_numpy(latents), rtol=1e-3, atol=1e-3)
     assert torch.equal(read_labels, torch.from_numpy(labels))
+    assert torch.equal(rows[4:7], every[4:7]) and torch.equal(rows[-1], every[-1])
     stored = every.double().numpy()
     np.testing.assert_allclose(meta["channel_mean"], stored.mean(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(meta["channel_std"], stored.std(axis=(0, 2, 3)), rtol=1e-9)

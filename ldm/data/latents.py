@@ -86,8 +86,8 @@ class LatentShardWriter:
 
 
 class LatentRows:
-    """A variant's latents for torch code: `rows[idx]` with a tensor of indices gives float32
-    (K, C, h, w), read from the shards; `len` and `shape` as for a tensor."""
+    """A variant's latents for torch code: indexed like a (N, C, h, w) float32 tensor (a tensor
+    or array of indices, a slice or an int), read from the shards; `len` and `shape` as well."""
 
     def __init__(self, array: ShardedArray) -> None:
         self.array = array
@@ -99,9 +99,10 @@ class LatentRows:
     def shape(self) -> torch.Size:
         return torch.Size(self.array.shape)
 
-    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
-        rows = self.array.take(indices.cpu().numpy())  # (K, C, h, w) as stored
-        return torch.from_numpy(rows).float()
+    def __getitem__(self, key: torch.Tensor | np.ndarray | slice | int) -> torch.Tensor:
+        if torch.is_tensor(key):
+            key = key.cpu().numpy()
+        return torch.from_numpy(np.asarray(self.array[key])).float()  # float16 on disk
 
 
 def open_latents(folder: Path, meta: dict[str, Any]) -> tuple[LatentRows, torch.Tensor]:

@@ -80,7 +80,7 @@ def measure_reconstruction(
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
         "r" + metric_name(eval_net.name): frechet_distance(*real.stats(), *fake.stats()),
-        f"cka_{foundation.name}": cka_from_covariance(joint.stats()[1], z.shape[1]),
+        f"cka_{foundation.name}": cka_from_covariance(joint.stats()[1], model.latent_shape[0]),
     }
     if perceptual is not None:
         metrics[f"perceptual_{perceptual.name}"] = torch.cat(dists).mean().item()
