@@ -4,6 +4,7 @@
     python bench/memory.py                          # 2,000 and 20,000 images at 64 px, CPU
     python bench/memory.py --resolution 256 --device cuda   # the size of a company set, on a GPU
     python bench/memory.py --code /path/to/checkout # measure another version of ldm
+    python bench/memory.py --until prepare --resolution 256   # the data stages alone
 
 For each size the script makes a project in a temporary folder: the repo's dvc.yaml and
 params.yaml, and `data/raw/` with synthetic JPEGs (a colour gradient, a few shapes and mild
@@ -146,7 +147,7 @@ def measure(count: int, args: argparse.Namespace, work: Path) -> dict[str, float
         seconds = time.perf_counter() - started
         print(f"  {count:>7,} images  {stage:<16} {peaks[stage]:8.0f} MiB  ({seconds:.0f} s)")
     peaks["prepared images"] = folder_mib(project / "data" / "prepared", "images-*.npy")
-    peaks["latents"] = folder_mib(project / "data" / "latents", "latents-*.npy")
+    peaks["latents"] = folder_mib(project / "data" / "latents", "latents*.npy")
     return peaks
 
 
@@ -156,7 +157,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="tokenizer.device / diffusion.device")
     parser.add_argument("--quick", action="store_true", help="sizes 500 and 5,000")
-    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument(
+        "--until", choices=list(STAGES), default="train_diffusion", help="the last stage to run"
+    )
     parser.add_argument("--code", type=Path, default=REPO, help="the ldm checkout to measure")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the projects go")
     parser.add_argument("--keep", action="store_true", help="keep the projects (and logs)")
@@ -164,7 +167,7 @@ def main() -> None:
     if args.quick:
         args.sizes = [500, 5000]
     args.code = args.code.resolve()
-    args.stages = [s for s in STAGES if s in args.stages]  # pipeline order
+    args.stages = list(STAGES)[: list(STAGES).index(args.until) + 1]
     work = Path(tempfile.mkdtemp(prefix="ldm-memory-", dir=args.work_dir))
     print(f"projects in {work}; {args.resolution} px, device {args.device}, code {args.code}")
     try:
