@@ -56,7 +56,7 @@ def killed_after(n_steps: int):  # noqa: ANN201
     """A progress callback that stops a training loop after `n_steps`, as a kill would."""
     seen = [0]
 
-    def progress(n: int) -> None:
+    def progress(n: int, **status: float) -> None:
         seen[0] += n
         if seen[0] >= n_steps:
             raise KeyboardInterrupt

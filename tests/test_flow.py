@@ -134,6 +134,10 @@ def test_ldm_run_starts_the_flow_and_reports_the_parent_run(
     assert "shard_size: 50" in (project / "params.yaml").read_text()
     lines = result.output.splitlines()
     assert any(line.split() == ["validate", "ran"] for line in lines)
-    parent_id = next(line.split()[3] for line in lines if line.startswith("MLflow parent run:"))
+    # The stages' own lines reach the terminal as they come, without DVC's git hints.
+    assert any(line.strip().startswith("train_tokenizer@plain  4/4") for line in lines)
+    assert "git add" not in result.output and "autostage" not in result.output
+    url = next(line.split()[1] for line in lines if line.startswith("MLflow: "))
+    parent_id = url.rsplit("/", 1)[1]
     (validate_run,) = runs_by_name(project)["validate"]
     assert validate_run.data.tags["mlflow.parentRunId"] == parent_id

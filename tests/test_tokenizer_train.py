@@ -94,14 +94,14 @@ def make_run(
 @pytest.mark.parametrize("aligned", [False, True])
 def test_resume_after_a_kill_gives_the_same_weights(tmp_path: Path, aligned: bool) -> None:
     uninterrupted = make_run(tmp_path / "a", 6, aligned)
-    fit(uninterrupted, NullTracker(), lambda n: None)
+    fit(uninterrupted, NullTracker(), lambda n, **_: None)
 
     with pytest.raises(KeyboardInterrupt):
         fit(make_run(tmp_path / "b", 6, aligned), NullTracker(), killed_after(5))
     assert checkpoint.latest_state(tmp_path / "b").name == "step-00000004"
 
     resumed = make_run(tmp_path / "b", 6, aligned)  # a new process: fresh objects
-    fit(resumed, NullTracker(), lambda n: None)
+    fit(resumed, NullTracker(), lambda n, **_: None)
     assert resumed.history["resumed_from_step"] == 4
     expected = uninterrupted.model.state_dict()
     for name, value in resumed.model.state_dict().items():
@@ -118,7 +118,7 @@ def test_raising_steps_continues_an_interrupted_run(tmp_path: Path) -> None:
     notices: list[str] = []
     longer = make_run(tmp_path, 8, notices=notices, checkpoint_every=3, eval_every=4)
     steps_run = []
-    fit(longer, NullTracker(), steps_run.append)
+    fit(longer, NullTracker(), lambda n, **_: steps_run.append(n))
     assert longer.history["resumed_from_step"] == 4
     assert sum(steps_run) == 8  # 4 resumed, 4 trained
     assert "resuming at step 4" in notices[0]
@@ -126,17 +126,17 @@ def test_raising_steps_continues_an_interrupted_run(tmp_path: Path) -> None:
 
 
 def test_a_finished_run_is_extended_not_restarted(tmp_path: Path) -> None:
-    fit(make_run(tmp_path, 4), NullTracker(), lambda n: None)
+    fit(make_run(tmp_path, 4), NullTracker(), lambda n, **_: None)
     extended = make_run(tmp_path, 6)
-    fit(extended, NullTracker(), lambda n: None)
+    fit(extended, NullTracker(), lambda n, **_: None)
     assert extended.history["resumed_from_step"] == 4
 
 
 def test_a_changed_recipe_restarts_and_keeps_the_old_state(tmp_path: Path) -> None:
-    fit(make_run(tmp_path / "work", 4), NullTracker(), lambda n: None)
+    fit(make_run(tmp_path / "work", 4), NullTracker(), lambda n, **_: None)
     notices: list[str] = []
     changed = make_run(tmp_path / "work", 4, notices=notices, lr=0.001)
-    fit(changed, NullTracker(), lambda n: None)
+    fit(changed, NullTracker(), lambda n, **_: None)
     assert "resumed_from_step" not in changed.history  # a finished run would ignore the new lr
     assert "tokenizer.lr: 0.002 -> 0.001" in notices[0] and "cannot continue" in notices[0]
     assert (tmp_path / "work.set-aside-at-step-4" / "step-00000004").is_dir()
@@ -149,7 +149,7 @@ def test_a_changed_architecture_sets_the_old_state_aside_and_says_why(tmp_path: 
     notices: list[str] = []
     wider = TokenizerArch(**{**ARCH.to_dict(), "ch": 8, "ch_mult": (1, 2)})
     changed = make_run(work, 6, model=Tokenizer(wider), notices=notices)
-    fit(changed, NullTracker(), lambda n: None)
+    fit(changed, NullTracker(), lambda n, **_: None)
     assert "resumed_from_step" not in changed.history
     (notice,) = notices
     assert "architecture" in notice and "cannot continue" in notice
@@ -163,7 +163,7 @@ def test_training_reduces_the_reconstruction_error(tmp_path: Path) -> None:
     run.history.clear()
     with torch.no_grad():
         before = (run.model(to_model_range(IMAGES), sample=False)[0] - to_model_range(IMAGES)).abs()
-    metrics = fit(run, NullTracker(), lambda n: None)
+    metrics = fit(run, NullTracker(), lambda n, **_: None)
     with torch.no_grad():
         after = (run.model(to_model_range(IMAGES), sample=False)[0] - to_model_range(IMAGES)).abs()
     assert after.mean().item() < 0.5 * before.mean().item()
@@ -186,7 +186,7 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path: Path
     torch.manual_seed(0)
     run = make_run(tmp_path, 6, model=Exploding(ARCH))
     with pytest.raises(NonFiniteLoss, match="step 3") as info:
-        fit(run, NullTracker(), lambda n: None)
+        fit(run, NullTracker(), lambda n, **_: None)
     assert "step-00000002" in str(info.value)
     assert checkpoint.latest_state(tmp_path).name == "step-00000002"
 

@@ -81,7 +81,7 @@ def test_dvc_outputs_are_the_paths_the_stages_write() -> None:
     expected = {
         str(paths.stage_metrics(f"{s}@${{key}}" if spec.per_variant else s).relative_to(REPO))
         for s, spec in STAGES.items()
-    }
+    } | {str(paths.convergence("${key}").relative_to(REPO))}
     assert metrics == expected
     assert "data/validated/manifest.parquet" in DVC["prepare"]["deps"]
 

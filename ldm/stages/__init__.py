@@ -7,15 +7,15 @@ metrics (also written to `data/metrics/<stage>.json` for `dvc metrics show`) and
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ldm.config import Config
 from ldm.cost import CostMeter
-from ldm.errors import DataError
+from ldm.errors import DataError, LdmError
+from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.stages import encode, prepare, tokenizer, train_diffusion, validate
 from ldm.stages.result import StageResult
@@ -57,7 +57,16 @@ STAGES: dict[str, Stage] = {
     ),
     "encode": Stage(encode.encode, ("tokenizer.device", "evaluate.batch_size"), per_variant=True),
     "train_diffusion": Stage(
-        train_diffusion.train_diffusion, ("diffusion", "sample"), per_variant=True
+        train_diffusion.train_diffusion,
+        (
+            "diffusion",
+            "sample",
+            "evaluate.features",  # the convergence curve's FD
+            "evaluate.features_weights",
+            "evaluate.features_sha256",
+            "evaluate.batch_size",
+        ),
+        per_variant=True,
     ),
 }
 
@@ -70,13 +79,6 @@ def stage_names(cfg: Config) -> list[str]:
     return names
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> StageResult:
     """Run one stage with tracking and cost metering; raise DataError if its data failed checks."""
     from ldm import tracking
@@ -86,18 +88,35 @@ def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> St
         raise DataError(f"{stage} runs per variant: pick one of {list(cfg.variants)} (--variant)")
     name = f"{stage}@{variant}" if spec.per_variant else stage
     args = (variant,) if spec.per_variant else ()
-    if int(os.environ.get("RANK", "0")) != 0:
-        # Under torchrun only rank 0 records; the other ranks train and stay silent.
-        return spec.function(cfg, paths, tracking.NullTracker(), *args)
+    try:
+        if int(os.environ.get("RANK", "0")) != 0:
+            # Under torchrun only rank 0 records; the other ranks train and stay silent.
+            return spec.function(cfg, paths, tracking.NullTracker(), *args)
+        return _run_recorded(spec, name, args, cfg, paths)
+    except OSError as err:
+        if err.errno not in CANNOT_WRITE:
+            raise
+        raise LdmError(
+            f"{name}: cannot write {err.filename or 'its output'}: {err.strerror}. Free disk "
+            f"space or make {paths.data} writable, then run it again: finished work is kept, "
+            "and training resumes from its last complete checkpoint (a checkpoint is only "
+            "ever read once it was written whole)."
+        ) from err
+
+
+# Errors that mean the disk or a folder refuses the stage's output, not a bug to retry.
+CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
+def _run_recorded(spec: Stage, name: str, args: tuple, cfg: Config, paths: Paths) -> StageResult:
+    from ldm import tracking
+
     with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
-        tracker.log_params(
-            {section: cfg.section(section) for section in spec.sections}
-            | (
-                {"variant": {"name": variant} | cfg.section("variants")[variant]}
-                if spec.per_variant
-                else {}
-            )
-        )
+        params = {section: cfg.section(section) for section in spec.sections}
+        if spec.per_variant:
+            (variant,) = args
+            params["variant"] = {"name": variant} | cfg.section("variants")[variant]
+        tracker.log_params(params)
         with CostMeter(cfg.cost) as meter:
             result = spec.function(cfg, paths, tracker, *args)
         metrics = result.metrics | meter.metrics()

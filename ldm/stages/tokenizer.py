@@ -12,7 +12,6 @@ and aligned variants are compared on that axis too.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ldm.config import Config
 from ldm.devices import pick_device
@@ -74,12 +73,12 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     torch.manual_seed(tok.seed)  # the initial weights
     arch = arch_from_preset(v.preset, cfg.data.resolution, v.latent_channels)
     model = Tokenizer(arch)
-    perceptual = build_perceptual(tok.perceptual, _local(paths, tok.lpips_vgg_weights))
+    perceptual = build_perceptual(tok.perceptual, paths.local(tok.lpips_vgg_weights))
     if perceptual is not None:
         perceptual.to(device)
     # Loaded for plain variants too: their CKA to it is the baseline the aligned ones beat.
     foundation = load_foundation(
-        v.foundation, _local(paths, align.foundation_weights), align.foundation_sha256
+        v.foundation, paths.local(align.foundation_weights), align.foundation_sha256
     ).to(device)
     alignment = None
     if v.align:
@@ -114,13 +113,13 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         device=device,
         notice=notice,
     )
-    with progress_bar(stage, tok.steps) as advance:
+    with progress_bar(stage, tok.steps, images_per_unit=tok.batch_size) as advance:
         metrics = fit(run, tracker, advance)
 
     mean, std = latent_statistics(model, train_images, device, tok.batch_size)
     model.set_latent_stats(mean, std)
     eval_net = load_eval_features(
-        cfg.evaluate.features, _local(paths, cfg.evaluate.features_weights)
+        cfg.evaluate.features, paths.local(cfg.evaluate.features_weights)
     ).to(device)
     metrics |= measure_reconstruction(
         model, val_images, device, cfg.evaluate.batch_size, perceptual, eval_net, foundation
@@ -141,8 +140,3 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         },
     )
     return StageResult(metrics, [release / "config.json"])
-
-
-def _local(paths: Paths, path: Path | None) -> Path | None:
-    """A weights path from params.yaml, relative to the project root; None stays None."""
-    return None if path is None else paths.resolve(path)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ldm.config import Config
 from ldm.devices import pick_device
 from ldm.errors import DataError
+from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.progress import notice, progress_bar
 from ldm.stages.inputs import released_tokenizer
@@ -19,7 +20,10 @@ from ldm.stages.result import StageResult
 from ldm.tracking import Tracker
 
 if TYPE_CHECKING:
-    pass
+    import torch
+
+    from ldm.diffusion.probe import ConvergenceProbe
+    from ldm.tokenizer.model import Tokenizer
 
 
 # Settings that change how a run goes, not what it computes: a run resumes across changes to
@@ -50,6 +54,7 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     from ldm.diffusion import create_model
     from ldm.diffusion.train import DiffusionRun, fit_diffusion
     from ldm.distributed import cleanup, init_distributed
+    from ldm.records import ConvergenceCurve
 
     diff = cfg.diffusion
     folder = paths.latents(variant)
@@ -100,8 +105,12 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         decode=tokenizer.decode,
         notice=notice,
     )
+    if dist.is_main:  # rank 0 alone samples and measures
+        run.probe = convergence_probe(cfg, paths, tokenizer, num_classes, device)
     try:
-        with progress_bar(f"train_diffusion@{variant}", diff.steps) as advance:
+        with progress_bar(
+            f"train_diffusion@{variant}", diff.steps, images_per_unit=diff.batch_size
+        ) as advance:
             metrics = fit_diffusion(run, tracker, advance)
         if dist.is_main:
             checkpoint.save_release(
@@ -116,6 +125,52 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
                     "ema_decay": diff.ema_decay,
                 },
             )
+            curve = ConvergenceCurve(
+                variant=variant,
+                feature_net=cfg.evaluate.features,
+                compute_unit="gpu_hours" if device.type == "cuda" else "cpu_hours",
+                num_samples=diff.curve_samples,
+                points=run.probe.points,
+            )
+            write_json_atomic(paths.convergence(variant), curve.model_dump())
     finally:
         cleanup()
     return StageResult(metrics, [paths.diffusion(variant) / "config.json"])
+
+
+def convergence_probe(
+    cfg: Config, paths: Paths, tokenizer: Tokenizer, num_classes: int, device: torch.device
+) -> ConvergenceProbe:
+    """FD of a fixed set of EMA samples against the val split, in evaluate.features space."""
+    import torch
+
+    from ldm.data.batches import to_model_range
+    from ldm.data.prepare import load_split
+    from ldm.diffusion.probe import ConvergenceProbe
+    from ldm.evaluate import feature_stats, frechet_distance, load_eval_features, metric_name
+
+    net = load_eval_features(cfg.evaluate.features, paths.local(cfg.evaluate.features_weights))
+    net = net.to(device)
+    batch = cfg.evaluate.batch_size
+
+    def features(images: torch.Tensor) -> torch.Tensor:  # [-1, 1] (N, 3, H, W) -> (N, D)
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    net(images[i : i + batch].to(device)).double().cpu()
+                    for i in range(0, len(images), batch)
+                ]
+            )
+
+    val = to_model_range(load_split(paths.prepared, "val")[0])  # (N, 3, H, W)
+    reference = feature_stats(features(val))
+    return ConvergenceProbe(
+        score=lambda images: frechet_distance(*feature_stats(features(images)), *reference),
+        metric=f"curve/{metric_name(net.name)}",
+        num_samples=cfg.diffusion.curve_samples,
+        num_classes=num_classes,
+        latent_shape=tokenizer.latent_shape,
+        sample_cfg=cfg.sample,
+        decode=tokenizer.decode,
+        device=device,
+    )

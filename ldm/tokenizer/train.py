@@ -287,7 +287,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
             states = {f"optimizer_{k}": o.state_dict() for k, o in optimizers.items()}
             meta = checkpoint.resume_metadata(run.identity, run.settings)
             checkpoint.save_state(run.work_dir, done, modules, {**states, **meta})
-        progress(1)
+        progress(1, loss=final_loss)
     seconds = time.perf_counter() - clock
     # A summary only: the curves were logged step by step above.
     run.history["train/images_per_second"] = images_seen / seconds if seconds > 0 else 0.0
