@@ -175,8 +175,9 @@ def project(
     central = fit.compute_to_reach(target_fd)
     low, high = compute_interval(fit, target_fd)
     if central > limit:
+        needs = f"about {fmt(central)} {unit}, " if math.isfinite(central) else ""
         text = (
-            f"{not_reached}: the fit needs about {fmt(central)} {unit}, "
+            f"{not_reached}: the fit needs {needs}"
             f"more than {budget_multiple:g}× the {fmt(spent)} {unit} spent"
         )
         low = low if low <= limit else None
@@ -187,7 +188,8 @@ def project(
         f"{fmt(low)}–{fmt(high_shown)}" if high_shown else f"{fmt(low)} to beyond {fmt(limit)}"
     )
     text = (
-        f"about {fmt(central)} {unit} ({usd(central * price_per_hour)}) in all; "
+        f"about {fmt(central)} {unit} of DiT training in all ({usd(central * price_per_hour)}), "
+        f"{fmt(max(central - spent, 0.0))} more than this trial's; "
         f"{int(INTERVAL * 100)}% interval {interval} {unit}"
     )
     return Projection(
