@@ -141,6 +141,8 @@ def trial(root: str, overrides: list[str] | None = None) -> dict:
     # Name the MLflow run after the Prefect flow run, so either UI leads to the other.
     flow_run_name = prefect.runtime.flow_run.name
     links = {"prefect.flow_run_id": str(prefect.runtime.flow_run.id)}
+    for name in tracking.close_abandoned_runs(project, cfg.tracking.experiment):
+        say(f"MLflow run {name!r} of a killed trial is marked KILLED")
     with tracking.trial_run(
         project, cfg.tracking.experiment, params, f"trial {flow_run_name}", links, overrides
     ) as tracker:

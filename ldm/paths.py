@@ -68,6 +68,14 @@ class Paths:
         return None if path is None else self.resolve(path)
 
     @property
+    def reports(self) -> Path:
+        return self.data / "reports"
+
+    def evaluation(self, variant: str) -> Path:
+        """What evaluate@<variant> shows besides its numbers: sample grids."""
+        return self.data / "evaluations" / variant
+
+    @property
     def checkpoints(self) -> Path:
         return self.data / "checkpoints"
 

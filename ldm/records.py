@@ -84,6 +84,14 @@ class StageCost(Record):
         )
 
 
+def total_cost(costs: list[StageCost]) -> StageCost:
+    """Stages that ran one after another, as one."""
+    total = costs[0]
+    for cost in costs[1:]:
+        total = total + cost
+    return total
+
+
 class ConvergencePoint(Record):
     step: int = Field(ge=0)
     compute_hours: float = Field(ge=0.0)  # GPU-hours on GPUs, CPU-hours on a CPU, cumulative

@@ -23,6 +23,8 @@ COMMANDS = {
     "train-tokenizer",
     "encode",
     "train-diffusion",
+    "evaluate",
+    "report",
     "sample",
     "run",
     "preset",

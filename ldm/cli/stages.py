@@ -85,3 +85,17 @@ def train_diffusion(
 ) -> None:
     """Train LightningDiT on a variant's latents (under torchrun: DDP over the GPUs)."""
     run_per_variant("train_diffusion", params, overrides, variant)
+
+
+@app.command()
+def evaluate(
+    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+) -> None:
+    """Measure a variant's generator: gFD with its reference lines, precision/recall, cost."""
+    run_per_variant("evaluate", params, overrides, variant)
+
+
+@app.command()
+def report(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Write the trial's report, register each generator, recommend one for promotion."""
+    run_stage("report", params, overrides)

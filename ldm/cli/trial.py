@@ -152,7 +152,8 @@ def start_trial_flow(root: Path, overrides: list[str]) -> dict:
     """Run `python -m flows.trial` in its own process: `ldm` itself never imports Prefect.
 
     Its output (every stage's progress and result lines) goes straight to this terminal;
-    Prefect's own console lines are kept to warnings, its log keeps everything.
+    Prefect's run logs go to its API only (see flows/__init__.py), its other lines are kept
+    to warnings.
     """
     import json
     import os
@@ -164,8 +165,6 @@ def start_trial_flow(root: Path, overrides: list[str]) -> dict:
         # Prefect's local server keeps its run history in the project unless one is configured.
         "PREFECT_HOME": str(root / ".prefect"),
         "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-        "PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL": "CRITICAL",
-        "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": "CRITICAL",
         **os.environ,
         "PYTHONUNBUFFERED": "1",
     }

@@ -17,7 +17,7 @@ from ldm.cost import CostMeter
 from ldm.errors import DataError, LdmError
 from ldm.files import write_json_atomic
 from ldm.paths import Paths
-from ldm.stages import encode, prepare, tokenizer, train_diffusion, validate
+from ldm.stages import encode, evaluate, prepare, report, tokenizer, train_diffusion, validate
 from ldm.stages.result import StageResult
 
 
@@ -28,6 +28,9 @@ class Stage:
     # and, by section, the params logged with its run. `variants.${key}` is the variant's entry.
     params: tuple[str, ...]
     per_variant: bool = False  # one run per tokenizer variant in `variants`: name@variant
+    # data/metrics/<name>.json for `dvc metrics show`; report reads that folder whole, so its
+    # numbers stay in its own output (data/reports/summary.json) and MLflow.
+    writes_metrics_file: bool = True
 
     @property
     def sections(self) -> list[str]:
@@ -67,6 +70,14 @@ STAGES: dict[str, Stage] = {
             "evaluate.batch_size",
         ),
         per_variant=True,
+    ),
+    "evaluate": Stage(
+        evaluate.evaluate, ("evaluate", "sample", "diffusion.device"), per_variant=True
+    ),
+    "report": Stage(
+        report.report,
+        ("report", "promotion", "registry", "tracking.experiment"),
+        writes_metrics_file=False,
     ),
 }
 
@@ -120,7 +131,11 @@ def _run_recorded(spec: Stage, name: str, args: tuple, cfg: Config, paths: Paths
         with CostMeter(cfg.cost) as meter:
             result = spec.function(cfg, paths, tracker, *args)
         metrics = result.metrics | meter.metrics()
-        write_json_atomic(paths.stage_metrics(name), metrics)
+        content = metrics
+        if result.document is not None:
+            content, metrics = result.document(metrics)
+        if spec.writes_metrics_file:
+            write_json_atomic(paths.stage_metrics(name), content)
         tracker.log_metrics(metrics)
         for artifact in result.artifacts:
             tracker.log_artifact(artifact)

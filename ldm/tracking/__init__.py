@@ -217,6 +217,29 @@ def trial_run(
                 tracker.set_tags({"dvc_lock_sha256": provenance_tags(root)["dvc_lock_sha256"]})
 
 
+def close_abandoned_runs(root: Path, experiment: str) -> list[str]:
+    """Mark as KILLED the runs a killed trial left RUNNING; returns their names.
+
+    Call it only while holding the project's trial lock: then no trial of this project is
+    running, and a RUNNING trial run (or a stage run nested in one) was abandoned.
+    """
+    client, experiment_id = _client_and_experiment(root, experiment)
+    running = client.search_runs(
+        [experiment_id], "attributes.status = 'RUNNING' and tags.`ldm.kind` = 'trial'"
+    )
+    closed = []
+    for trial in running:
+        children = client.search_runs(
+            [experiment_id],
+            f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{trial.info.run_id}'",
+        )
+        for run in [*children, trial]:
+            client.set_tag(run.info.run_id, "ldm.error", "abandoned: its trial was killed")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_name)
+    return closed
+
+
 def parent_tracker(root: Path) -> MlflowTracker | None:
     """The trial's run when this process runs inside `ldm run` (LDM_PARENT_RUN_ID), else None."""
     from mlflow import MlflowClient
