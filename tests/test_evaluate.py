@@ -13,15 +13,9 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from ldm.errors import LdmError
-from ldm.evaluate import (
-    PSNR_CAP_DB,
-    feature_stats,
-    frechet_distance,
-    load_eval_features,
-    metric_name,
-    psnr,
-    ssim,
-)
+from ldm.metrics.frechet import feature_stats, frechet_distance, metric_name
+from ldm.metrics.pixels import PSNR_CAP_DB, psnr, ssim
+from ldm.pretrained.features import load_eval_features
 
 
 def smooth_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -117,3 +111,4 @@ def test_frechet_distance_matches_scipy_and_stays_real_with_few_samples() -> Non
     fd = frechet_distance(*feature_stats(few_a), *feature_stats(few_b))
     assert np.isfinite(fd) and fd > 0
     assert frechet_distance(*feature_stats(few_a), *feature_stats(few_a)) < 1e-6
+
