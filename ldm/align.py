@@ -1,6 +1,7 @@
 """VA-VAE's VF loss: align the tokenizer's latent with a frozen vision foundation model.
 
-Formulas follow the paper (Eq. 1-5; digest §1.1); the encoders live in `ldm.foundation`.
+Formulas follow the paper (Eq. 1-5; digest §1.1); the frozen encoders aligned to live in
+`ldm.pretrained.foundation`.
 """
 
 from __future__ import annotations
@@ -9,21 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.foundation import (
-    FOUNDATION_MODELS,
-    FoundationEncoder,
-    load_foundation,
-)
-from ldm.tokenizer.losses import gradient_norm_ratio
+from ldm.losses import gradient_norm_ratio
 
 __all__ = [
-    "FOUNDATION_MODELS",
-    "FoundationEncoder",
     "VFProjection",
     "adaptive_vf_weight",
     "latent_feature_cka",
     "linear_cka",
-    "load_foundation",
     "marginal_cosine_loss",
     "marginal_distance_matrix_loss",
     "vf_loss",

@@ -126,6 +126,19 @@ class TokenizerQuality(Record):
     cka: float  # linear CKA of latents vs the foundation model's features
     cka_foundation: str
 
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any]) -> TokenizerQuality:
+        """Read the flat keys `train_tokenizer` writes: psnr, ssim, perceptual_<net>,
+        rfd_<net> and cka_<foundation>; other keys (train/..., val/...) are ignored."""
+        values: dict[str, Any] = {"psnr": metrics["psnr"], "ssim": metrics["ssim"]}
+        for name, net_field in cls.named_by.items():
+            keys = [k for k in metrics if k.startswith(f"{name}_") and "/" not in k]
+            if len(keys) != 1:
+                raise ValueError(f"expected one {name}_<network> metric, found {keys or 'none'}")
+            values[name] = metrics[keys[0]]
+            values[net_field] = keys[0].removeprefix(f"{name}_")
+        return cls.model_validate(values)
+
 
 class GenerationQuality(Record):
     """`num_samples` class-balanced generated images against the val split."""

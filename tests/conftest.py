@@ -8,9 +8,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +66,49 @@ def killed_after(n_steps: int):  # noqa: ANN201
             raise KeyboardInterrupt
 
     return progress
+
+
+# A DINOv2 small enough for CPU tests; weights under the official checkpoint's key layout.
+TINY_VIT = {"embed_dim": 24, "depth": 2, "num_heads": 2}
+
+
+def official_dinov2_state(dim: int, depth: int) -> dict[str, torch.Tensor]:
+    """Random weights under the official DINOv2 key layout (facebookresearch/dinov2 ViT)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.05
+
+    state = {
+        "cls_token": r(1, 1, dim),
+        "pos_embed": r(1, 1 + 37 * 37, dim),
+        "mask_token": r(1, dim),
+        "patch_embed.proj.weight": r(dim, 3, 14, 14),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": 1 + r(dim),
+        "norm.bias": r(dim),
+    }
+    for n in range(depth):
+        p = f"blocks.{n}."
+        state |= {
+            p + "norm1.weight": 1 + r(dim),
+            p + "norm1.bias": r(dim),
+            p + "attn.qkv.weight": r(3 * dim, dim),
+            p + "attn.qkv.bias": r(3 * dim),
+            p + "attn.proj.weight": r(dim, dim),
+            p + "attn.proj.bias": r(dim),
+            p + "ls1.gamma": r(dim),
+            p + "norm2.weight": 1 + r(dim),
+            p + "norm2.bias": r(dim),
+            p + "mlp.fc1.weight": r(4 * dim, dim),
+            p + "mlp.fc1.bias": r(4 * dim),
+            p + "mlp.fc2.weight": r(dim, 4 * dim),
+            p + "mlp.fc2.bias": r(dim),
+            p + "ls2.gamma": r(dim),
+        }
+    return state
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ldm import checkpoint, config
-from ldm.align import VFProjection, load_foundation
+from ldm.align import VFProjection
 from ldm.data.batches import ImageBatches, to_model_range
+from ldm.pretrained.foundation import load_foundation
 from ldm.stages.tokenizer import RESUMABLE_SETTINGS
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
 from ldm.tokenizer.train import Alignment, NonFiniteLoss, TrainRun, fit, learning_rate

@@ -36,6 +36,7 @@ from ldm.diffusion.probe import ConvergenceProbe
 from ldm.diffusion.sample import sample
 from ldm.distributed import Dist, all_reduce_mean, barrier
 from ldm.errors import LdmError
+from ldm.seeds import stream_seed
 
 if TYPE_CHECKING:  # the config module imports pydantic and yaml; the loop only needs the types
     from ldm.config import DiffusionConfig, SampleConfig
@@ -80,11 +81,6 @@ def warmup_then_decay(base_lr: float, schedule: str, warmup: int, step: int, tot
         return base_lr * warm
     progress = max(0.0, step - warmup) / max(1, total - warmup)
     return base_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def stream_seed(*parts: int) -> int:
-    """A 64-bit seed mixed from (seed, index, stream): neighbouring steps get unrelated streams."""
-    return int(np.random.SeedSequence([p % 2**64 for p in parts]).generate_state(1, np.uint64)[0])
 
 
 @functools.lru_cache(maxsize=4)

@@ -157,8 +157,8 @@ def generate_and_measure(
 
     from ldm.data.batches import to_uint8
     from ldm.diffusion.sample import sample
-    from ldm.diffusion.train import stream_seed
     from ldm.progress import progress_bar
+    from ldm.seeds import stream_seed
 
     sc, n = cfg.sample, cfg.evaluate.num_samples
     guidance = sc.cfg_scale if labels is not None else 1.0

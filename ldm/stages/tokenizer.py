@@ -43,13 +43,14 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     import torch
 
     from ldm import checkpoint
-    from ldm.align import VFProjection, load_foundation
+    from ldm.align import VFProjection
     from ldm.data.batches import ImageBatches, to_model_range
     from ldm.data.prepare import load_split
-    from ldm.evaluate import load_eval_features
+    from ldm.pretrained.features import load_eval_features
+    from ldm.pretrained.foundation import load_foundation
+    from ldm.pretrained.perceptual import build_perceptual, load_perceptual_metric
     from ldm.tokenizer.evaluation import latent_statistics, measure_reconstruction
     from ldm.tokenizer.model import Tokenizer, arch_from_preset
-    from ldm.tokenizer.perceptual import build_perceptual
     from ldm.tokenizer.train import Alignment, TrainRun, fit
 
     tok, align, v = cfg.tokenizer, cfg.align, cfg.variant(variant)
@@ -119,10 +120,16 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     mean, std = latent_statistics(model, train_images, device, tok.batch_size)
     model.set_latent_stats(mean, std)
     eval_net = load_eval_features(
-        cfg.evaluate.features, paths.local(cfg.evaluate.features_weights)
+        cfg.evaluate.features,
+        paths.local(cfg.evaluate.features_weights),
+        cfg.evaluate.features_sha256,
+    ).to(device)
+    # never the loss's network: a distance in the network trained against flatters the model
+    perceptual_metric = load_perceptual_metric(
+        tok.perceptual, paths.local(tok.lpips_vgg_weights)
     ).to(device)
     metrics |= measure_reconstruction(
-        model, val_images, device, cfg.evaluate.batch_size, perceptual, eval_net, foundation
+        model, val_images, device, cfg.evaluate.batch_size, perceptual_metric, eval_net, foundation
     )
     release = paths.tokenizer(variant)
     checkpoint.save_release(

@@ -142,30 +142,25 @@ def convergence_probe(
     cfg: Config, paths: Paths, tokenizer: Tokenizer, num_classes: int, device: torch.device
 ) -> ConvergenceProbe:
     """FD of a fixed set of EMA samples against the val split, in evaluate.features space."""
-    import torch
 
-    from ldm.data.batches import to_model_range
     from ldm.data.prepare import load_split
     from ldm.diffusion.probe import ConvergenceProbe
-    from ldm.evaluate import feature_stats, frechet_distance, load_eval_features, metric_name
+    from ldm.metrics.extract import batches_of, extract_features
+    from ldm.metrics.frechet import feature_stats, frechet_distance, metric_name
+    from ldm.pretrained.features import load_eval_features
 
-    net = load_eval_features(cfg.evaluate.features, paths.local(cfg.evaluate.features_weights))
+    ev = cfg.evaluate
+    net = load_eval_features(ev.features, paths.local(ev.features_weights), ev.features_sha256)
     net = net.to(device)
-    batch = cfg.evaluate.batch_size
+    val_images = load_split(paths.prepared, "val")[0]
+    reference = feature_stats(extract_features(net, batches_of(val_images, ev.batch_size)))
 
-    def features(images: torch.Tensor) -> torch.Tensor:  # [-1, 1] (N, 3, H, W) -> (N, D)
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    net(images[i : i + batch].to(device)).double().cpu()
-                    for i in range(0, len(images), batch)
-                ]
-            )
+    def score(images: torch.Tensor) -> float:  # [-1, 1] (N, 3, H, W) -> FD vs the val split
+        generated = extract_features(net, batches_of(images, ev.batch_size))
+        return frechet_distance(*feature_stats(generated), *reference)
 
-    val = to_model_range(load_split(paths.prepared, "val")[0])  # (N, 3, H, W)
-    reference = feature_stats(features(val))
     return ConvergenceProbe(
-        score=lambda images: frechet_distance(*feature_stats(features(images)), *reference),
+        score=score,
         metric=f"curve/{metric_name(net.name)}",
         num_samples=cfg.diffusion.curve_samples,
         num_classes=num_classes,

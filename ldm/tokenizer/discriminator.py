@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.tokenizer.losses import gradient_norm_ratio
+from ldm.losses import gradient_norm_ratio
 
 
 def weights_init(m: nn.Module) -> None:

@@ -2,18 +2,21 @@
 
 Reconstructions use the posterior mean (no sampling noise), as the paper's rFID/PSNR tables do.
 Every number is named after the network that measured it, so numbers measured in different
-spaces are never compared by accident.
+spaces are never compared by accident. The perceptual distance is measured in a network the
+training never saw (`ldm.pretrained.perceptual.load_perceptual_metric`), never in its loss.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from ldm.align import latent_feature_cka
 from ldm.data.batches import to_model_range
-from ldm.evaluate import feature_stats, frechet_distance, metric_name, psnr, ssim
+from ldm.metrics.frechet import frechet_distance_between, metric_name
+from ldm.metrics.pixels import psnr, ssim
+from ldm.pretrained.base import FeatureNet, FoundationEncoder, PerceptualDistance
+from ldm.progress import progress_bar
 from ldm.tokenizer.model import Tokenizer
 
 
@@ -45,34 +48,36 @@ def measure_reconstruction(
     images: torch.Tensor,
     device: torch.device,
     batch_size: int,
-    perceptual: nn.Module | None,
-    eval_net: nn.Module,
-    foundation: nn.Module,
+    perceptual_metric: PerceptualDistance,
+    eval_net: FeatureNet,
+    foundation: FoundationEncoder,
 ) -> dict[str, float]:
-    """PSNR, SSIM, perceptual distance, rFD and latent-feature CKA over `images` in [-1, 1]."""
+    """psnr, ssim, perceptual_<net>, rfd_<net> and cka_<foundation> over `images` in [-1, 1].
+
+    `ldm.records.TokenizerQuality.from_metrics` reads this dict back as a typed record.
+    """
     model.eval()
     grid = model.latent_shape[1:]
     psnrs, ssims, dists, real, fake, latents, feats = [], [], [], [], [], [], []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device)
-        z = model.posterior(x).mode()  # (B, d, h, w)
-        recon = model.decode_raw(z).float().clamp(-1, 1)
-        psnrs.append(psnr(recon, x).cpu())
-        ssims.append(ssim(recon, x).cpu())
-        if perceptual is not None:
-            dists.append(perceptual(recon, x).float().cpu())
-        real.append(eval_net(x).double().cpu())
-        fake.append(eval_net(recon).double().cpu())
-        latents.append(z.float().cpu())
-        feats.append(foundation(x, grid).float().cpu())
-    metrics = {
+    with progress_bar("reconstruction quality", len(images)) as advance:
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            z = model.posterior(x).mode()  # (B, d, h, w)
+            recon = model.decode_raw(z).float().clamp(-1, 1)
+            psnrs.append(psnr(recon, x).cpu())
+            ssims.append(ssim(recon, x).cpu())
+            dists.append(perceptual_metric(recon, x).double().cpu())
+            real.append(eval_net(x).double().cpu())
+            fake.append(eval_net(recon).double().cpu())
+            latents.append(z.float().cpu())
+            feats.append(foundation(x, grid).float().cpu())
+            advance(len(x))
+    return {
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
-        "r" + metric_name(eval_net.name): frechet_distance(
-            *feature_stats(torch.cat(real)), *feature_stats(torch.cat(fake))
+        f"perceptual_{perceptual_metric.name}": torch.cat(dists).mean().item(),
+        "r" + metric_name(eval_net.name): frechet_distance_between(
+            torch.cat(real), torch.cat(fake)
         ),
         f"cka_{foundation.name}": latent_feature_cka(torch.cat(latents), torch.cat(feats)),
     }
-    if perceptual is not None:
-        metrics[f"perceptual_{perceptual.name}"] = torch.cat(dists).mean().item()
-    return metrics

@@ -1,4 +1,4 @@
-"""Loss pieces shared by the tokenizer's objectives."""
+"""Loss pieces shared by the tokenizer's objectives and the alignment (VF) loss."""
 
 from __future__ import annotations
 
