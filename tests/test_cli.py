@@ -29,6 +29,10 @@ COMMANDS = {
     "sample-data",
     "show-config",
     "ui",
+    "promote",
+    "rollback",
+    "models",
+    "serve",
 }
 
 
