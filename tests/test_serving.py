@@ -130,3 +130,13 @@ def test_ui_screenshots_show_the_trial_and_the_model(
         # A rendered page has text (dark, anti-aliased: many grey levels); a blank page has not.
         assert (pixels < 128).mean() > 0.003, name
         assert len(np.unique(pixels)) > 100, name
+
+
+def test_screenshots_without_chromium_say_what_to_install(
+    registry_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    result = runner.invoke(app, ["ui", "--screenshots", str(tmp_path / "shots")])
+    assert result.exit_code == 1
+    assert "Chromium" in result.stderr and "apt-get install chromium" in result.stderr
+    assert not (tmp_path / "shots").exists()  # nothing was started

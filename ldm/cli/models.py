@@ -166,7 +166,7 @@ def ui(
         Path | None,
         typer.Option(
             help="Start the UI, save PNGs of the runs table, the newest trial's run and the "
-            "registered model into this folder, stop the UI (needs Chromium)."
+            "registered model (and the UI's log) into this folder, stop the UI (needs Chromium)."
         ),
     ] = None,
     budget_ms: Annotated[

@@ -141,6 +141,9 @@ def register_generator(
         for key, value in metrics.items():
             if existing.tags.get(key) != value:
                 client.set_model_version_tag(model_name, existing.version, key, value)
+        for key in existing.tags:  # distances measured in a feature network no longer used
+            if key.startswith(("gfd_", "rfd_")) and key not in metrics:
+                client.delete_model_version_tag(model_name, existing.version, key)
         return Registration(str(existing.version), created=False)
 
     tags = {

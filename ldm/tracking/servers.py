@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -92,24 +93,34 @@ def serve_command(model_uri: str, port: int) -> list[str]:
     ]
 
 
-def start(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
-    """A server in its own process group (see `stop`)."""
-    out = subprocess.DEVNULL if log is None else log.open("ab")
-    return subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A server in its own process group (see `stop`), its output appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
 
 
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a server started by `start` and the workers it spawned."""
-    if process.poll() is not None:
-        return
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(grace)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    except ProcessLookupError:
-        pass
+    except ProcessLookupError:  # the group is gone already
+        process.wait()
+
+
+def check_port_free(port: int) -> None:
+    """Fail before starting a server whose port another one holds: polling it would reach the
+    other server."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise LdmError(
+                f"port {port} on 127.0.0.1 is in use; pick another with --port"
+            ) from None
 
 
 def wait_until_up(url: str, process: subprocess.Popen | None, timeout: float) -> None:
@@ -219,12 +230,17 @@ def take_screenshots(
             *ui_command(root, port),
             *("--allowed-hosts", hosts, "--cors-allowed-origins", base),
         ]
+        check_port_free(port)
         process = start(command, server_env(root), folder / "mlflow-ui.log")
         health = f"http://{local}/health"
     else:
         health = f"{base.rstrip('/')}/health"
     try:
-        wait_until_up(health, process, timeout=120)
+        try:
+            wait_until_up(health, process, timeout=120)
+        except LdmError as err:
+            hint = f"; the server's output is in {folder / 'mlflow-ui.log'}" if process else ""
+            raise LdmError(f"{err}{hint}") from None
         pages = ui_pages(root, experiment, model_name, base)
         shots = {"runs.png": pages.runs, "model.png": pages.model}
         if pages.trial is not None:
