@@ -162,3 +162,18 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture
+def registry_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder (pipeline files, tiny params) with a tiny released generator."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    set_params(root / "params.yaml", TINY_PARAMS)
+    from tests.generators import write_generator
+
+    write_generator(root, seed=0)
+    monkeypatch.chdir(root)
+    return root

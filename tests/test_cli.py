@@ -31,6 +31,10 @@ COMMANDS = {
     "sample-data",
     "show-config",
     "ui",
+    "promote",
+    "rollback",
+    "models",
+    "serve",
 }
 
 
