@@ -23,4 +23,16 @@ def print_summary(summary_file: Path) -> None:
         table.add_row(*row)
     Console(width=160).print(table)
     typer.echo(terminal.recommendation)
+    registry = summary_file.parent / "registry.json"
+    if registry.is_file():
+        import json
+
+        versions = json.loads(registry.read_text())
+        listed = ", ".join(f"{v} = version {n}" for v, n in versions["versions"].items())
+        typer.echo(f"Registered as {versions['model_name']}: {listed}")
+        if versions["candidate"]:
+            typer.echo(
+                f"Promote the candidate: ldm promote {versions['candidate']} --to staging "
+                '--reason "..."'
+            )
     typer.echo(f"Report: {summary_file.parent / 'report.html'}")

@@ -76,7 +76,7 @@ STAGES: dict[str, Stage] = {
     ),
     "report": Stage(
         report.report,
-        ("report", "promotion", "registry", "tracking.experiment"),
+        ("report", "promotion", "registry", "sample", "tracking.experiment"),
         writes_metrics_file=False,
     ),
 }

@@ -12,6 +12,7 @@ import time
 
 from ldm.config import Config
 from ldm.errors import DataError
+from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost, total_cost
 from ldm.stages.result import StageResult
@@ -54,6 +55,8 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         prices=cfg.cost,
         header=header,
     )
+    versions = register(cfg, paths, records, summary.recommended, tracker)
+    write_json_atomic(paths.reports / "registry.json", versions)
     costs = trial_costs(records)
     parent = tracking.parent_tracker(paths.root)
     for target in [tracker] + ([parent] if parent is not None else []):
@@ -62,6 +65,52 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         target.set_tags({"ldm.recommended": summary.recommended or "not ready"})
     metrics = {"trial_usd": summary.trial_usd, "variants": float(len(records))}
     return StageResult(metrics, [])
+
+
+def register(
+    cfg: Config,
+    paths: Paths,
+    records: list[EvaluateRecord],
+    recommended: str | None,
+    tracker: Tracker,
+) -> dict:
+    """Each variant's generator as a version of `registry.model_name` (an unchanged one is
+    found again, not registered twice); the recommended one gets the alias `candidate`."""
+    import os
+
+    from ldm import tracking
+    from ldm.tracking.promotion import set_candidate
+    from ldm.tracking.registry import Provenance, register_generator
+
+    meta = json.loads((paths.prepared / "meta.json").read_text())
+    tags = tracking.provenance_tags(paths.root)
+    provenance = Provenance(
+        run_id=os.environ.get(tracking.PARENT_RUN_ENV) or getattr(tracker, "run_id", ""),
+        data_manifest_sha256=meta["source_manifest_sha256"],
+        git_commit=tags["git_commit"],
+        dvc_lock_sha256=tags.get("dvc_lock_sha256", ""),
+    )
+    versions, candidate = {}, None
+    for record in records:
+        registration = register_generator(
+            paths.root,
+            cfg.registry.model_name,
+            paths.tokenizer(record.variant),
+            paths.diffusion(record.variant),
+            cfg.sample,
+            record,
+            provenance,
+        )
+        versions[record.variant] = registration.version
+        if record.variant == recommended:
+            candidate = registration.version
+            set_candidate(
+                paths.root,
+                cfg.registry.model_name,
+                candidate,
+                f"the report recommends {recommended}: it passes the staging gates",
+            )
+    return {"model_name": cfg.registry.model_name, "versions": versions, "candidate": candidate}
 
 
 def trial_costs(records: list[EvaluateRecord]) -> dict[str, float]:
