@@ -45,7 +45,8 @@ class PlainLines:
         self._heartbeat = threading.Thread(target=self._beat, daemon=True)
 
     def __enter__(self) -> PlainLines:
-        self._print()
+        # No opening line: a quick loop gets one line, its last; a slow one a line every
+        # PLAIN_EVERY_S seconds from its start.
         self._heartbeat.start()
         return self
 

@@ -37,6 +37,9 @@ TINY_PARAMS = {
         {"share": 0.5, "vf_weight": 0.1, "use_margins": True},
     ],
     "evaluate.batch_size": 32,
+    "evaluate.num_samples": 16,
+    "evaluate.nearest_k": 3,
+    "diffusion.curve_samples": 8,
     "diffusion.steps": 4,
     "diffusion.batch_size": 8,
     "diffusion.micro_batch_size": 8,
@@ -177,3 +180,32 @@ def registry_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_generator(root, seed=0)
     monkeypatch.chdir(root)
     return root
+
+
+def ldm_env(**extra: str) -> dict[str, str]:
+    """The environment of an `ldm` process in a test: this session's Prefect test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONUNBUFFERED="1")
+    return env | extra
+
+
+def ldm_run(project: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900):
+    """`ldm run ARGS` as a user starts it: its own process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "ldm", "run", *args],
+        cwd=project,
+        env=env or ldm_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_variant(project: Path, **sets: object) -> None:
+    """The project's params with only the plain variant (and `section.key` values set)."""
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["variants"] = {"plain": {"preset": "f4d8", "align": False}}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    if sets:
+        set_params(project / "params.yaml", sets)

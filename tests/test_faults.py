@@ -16,37 +16,9 @@ import yaml
 from mlflow import MlflowClient
 
 from ldm.trial_lock import trial_lock
-from tests.conftest import set_params
+from tests.conftest import ldm_env, ldm_run, one_variant
 
 pytestmark = pytest.mark.slow
-
-ONE_VARIANT = {"plain": {"preset": "f4d8", "align": False}}
-
-
-def one_variant(project: Path, **sets: object) -> None:
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["variants"] = ONE_VARIANT
-    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    if sets:
-        set_params(project / "params.yaml", sets)
-
-
-def ldm_env(**extra: str) -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONUNBUFFERED="1")
-    return env | extra
-
-
-def ldm_run(project: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900):
-    return subprocess.run(
-        [sys.executable, "-m", "ldm", "run", *args],
-        cwd=project,
-        env=env or ldm_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def digest(*paths: Path) -> str:

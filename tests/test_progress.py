@@ -18,8 +18,7 @@ def test_plain_lines_name_stage_step_loss_rate_and_eta(
             time.sleep(0.01)
             advance(1, loss=loss)
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0].startswith("train_tokenizer@plain  0/4")
-    middle = lines[2]
+    middle = lines[1]
     assert "2/4" in middle and "loss 0.7" in middle and "img/s" in middle and "ETA" in middle
     assert lines[-1].startswith("train_tokenizer@plain  2/4") and "done in" in lines[-1]
 
@@ -31,7 +30,7 @@ def test_a_slow_step_still_gets_a_line(
     with progress.progress_bar("encode@plain", 10):
         time.sleep(2.5)  # one step, no advance: the heartbeat speaks for it
     beats = [line for line in capsys.readouterr().err.splitlines() if "elapsed" in line]
-    assert len(beats) >= 2  # the opening line and at least one heartbeat
+    assert len(beats) >= 2  # the heartbeat speaks while the step runs
 
 
 def test_unknown_loss_is_left_out(

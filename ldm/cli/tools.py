@@ -116,18 +116,13 @@ def preset(name: Annotated[str, typer.Argument(help="A file in presets/, e.g. pa
     """Write a named preset's values into params.yaml (validated first; comments kept)."""
     import json
 
-    import yaml
-
     from ldm.params_file import write_overrides
+    from ldm.presets import preset_values
 
     paths = Paths.discover()
-    source = paths.root / "presets" / f"{name}.yaml"
-    if not source.is_file():
-        known = sorted(p.stem for p in (paths.root / "presets").glob("*.yaml"))
-        raise fail(f"no preset {name!r} in {source.parent}; known: {known}", EXIT_USAGE)
-    values = yaml.safe_load(source.read_text())
-    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
     try:
+        values = preset_values(paths.root / "presets", name)
+        overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
         changes = write_overrides(paths.root / "params.yaml", overrides)
     except ConfigError as err:
         raise fail(str(err), EXIT_USAGE) from None

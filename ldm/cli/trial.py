@@ -55,7 +55,7 @@ def run(
     try:
         tracking.check_store(paths.root)
         with trial_lock(paths.root, "ldm run"):
-            ensure_images(paths.resolve(cfg.data.raw_dir), sample_if_empty)
+            ensure_images(paths.resolve(cfg.data.raw_dir), sample_if_empty, cfg.data.resolution)
             if params is not None:
                 typer.echo(replace_params(params_path, params))
             if overrides:
@@ -122,7 +122,7 @@ def show_answer(root: Path, outcome: dict | None) -> None:
     typer.echo(f"MLflow: {tracking.run_url(root, experiment_id, run_id)}  (serve it: `ldm ui`)")
 
 
-def ensure_images(raw_dir: Path, sample_if_empty: bool) -> None:
+def ensure_images(raw_dir: Path, sample_if_empty: bool, resolution: int) -> None:
     """Fail early, or write the sample, when the data folder cannot feed a trial."""
     from ldm.data.validate import dvc_blockers
 
@@ -136,7 +136,9 @@ def ensure_images(raw_dir: Path, sample_if_empty: bool) -> None:
             f"{raw_dir} holds no files: writing the bundled sample dataset there and "
             "using it. To trial your own images, replace it with them."
         )
-        sample_data(raw_dir)
+        # Crops at least as large as the trial's resolution pass `validate.min_side` (the paper
+        # preset asks for 256 px).
+        sample_data(raw_dir, size=max(128, resolution))
     blockers = dvc_blockers(raw_dir)
     if blockers:
         listed = "\n".join(f"  {raw_dir / path}" for path in blockers[:20])
