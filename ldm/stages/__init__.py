@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldm import launch
 from ldm.config import Config
-from ldm.cost import CostMeter
-from ldm.errors import DataError
+from ldm.cost import CostMeter, device_of_this_process
+from ldm.errors import DataError, LdmError
 from ldm.paths import Paths
 from ldm.stages import encode, prepare, tokenizer, train_diffusion, validate
 from ldm.stages.result import StageResult
@@ -77,8 +78,18 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> StageResult:
-    """Run one stage with tracking and cost metering; raise DataError if its data failed checks."""
+def run(
+    stage: str,
+    cfg: Config,
+    paths: Paths,
+    variant: str | None = None,
+    command: list[str] | None = None,
+) -> StageResult:
+    """Run one stage with tracking and cost metering; raise DataError if its data failed checks.
+
+    `command` is the `ldm` command line that starts this stage again: a stage whose world_size
+    is above 1 relaunches itself with it under torchrun (ldm/launch.py).
+    """
     from ldm import tracking
 
     spec = STAGES[stage]
@@ -86,9 +97,18 @@ def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> St
         raise DataError(f"{stage} runs per variant: pick one of {list(cfg.variants)} (--variant)")
     name = f"{stage}@{variant}" if spec.per_variant else stage
     args = (variant,) if spec.per_variant else ()
-    if int(os.environ.get("RANK", "0")) != 0:
-        # Under torchrun only rank 0 records; the other ranks train and stay silent.
+    if launch.launched_here():  # one rank of a job the stage command started: rank 0 logs
+        run_id = os.environ[launch.STAGE_RUN_ENV]
+        tracker = (
+            tracking.attach(paths.root, run_id) if launch.is_main() else tracking.NullTracker()
+        )
+        return launch.run_rank(lambda t: spec.function(cfg, paths, t, *args), tracker)
+    if launch.under_torchrun() and not launch.is_main():
+        # Started by hand under torchrun: only rank 0 records; the others train and stay silent.
         return spec.function(cfg, paths, tracking.NullTracker(), *args)
+    processes = launch.world_size(stage, cfg.section)
+    if processes > 1 and not launch.under_torchrun() and command is None:
+        raise LdmError(f"{name}: world_size {processes} needs the stage's command to relaunch")
     with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
         tracker.log_params(
             {section: cfg.section(section) for section in spec.sections}
@@ -99,13 +119,18 @@ def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> St
             )
         )
         with CostMeter(cfg.cost) as meter:
-            result = spec.function(cfg, paths, tracker, *args)
-        metrics = result.metrics | meter.metrics()
+            if processes > 1 and not launch.under_torchrun():
+                result, devices = launch.relaunch(command, processes, tracker.run_id)
+            else:
+                result = spec.function(cfg, paths, tracker, *args)
+                devices = device_of_this_process(int(os.environ.get("WORLD_SIZE", "1")))
+        metrics = result.metrics | meter.metrics(devices)
         write_json_atomic(paths.stage_metrics(name), metrics)
-        tracker.log_metrics(metrics)
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         for artifact in result.artifacts:
             tracker.log_artifact(artifact)
-        tracker.set_tags({"ldm.outcome": "failed" if result.problems else "passed"})
+        outcome = "failed" if result.problems else "passed"
+        tracker.set_tags({"ldm.outcome": outcome, "cost.device_kind": devices.kind})
         if result.problems:
             listed = "\n".join(f"  - {p}" for p in result.problems)
             raise DataError(
