@@ -118,7 +118,7 @@ class CostMeter:
 
     def energy_kwh(self, devices: DeviceUse) -> float | None:
         """Energy of the GPUs used, or None unless NVML measured every one of them."""
-        used = devices.uuids
+        used = [normal_uuid(u) for u in devices.uuids]
         if not devices.count or len(used) != devices.count:
             return None
         if not all(u in self._energy0 and u in self._energy1 for u in used):

@@ -43,6 +43,8 @@ def run_stage(
         raise fail(
             f"{stage}: unexpected error (see the traceback above)", EXIT_UNEXPECTED
         ) from None
+    if launch.launched_here():  # one rank of several: the command that started them reports
+        return
     shown = {k: v for k, v in result.metrics.items() if not k.startswith("n_rejected_")}
     name = f"{stage}@{variant}" if variant else stage
     numbers = {k: v for k, v in shown.items() if isinstance(v, int | float)}
