@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.losses import gradient_norm_ratio
+from ldm.losses import Reduce, gradient_norm_ratio
 
 __all__ = [
     "VFProjection",
@@ -85,13 +85,14 @@ def adaptive_vf_weight(
     vf_loss: torch.Tensor,
     encoder_last_layer_weight: torch.Tensor,
     max_value: float,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """‖∇L_rec‖ / ‖∇L_vf‖ on the encoder's last layer weight, clamped to [0, max], detached (Eq. 4).
 
     The encoder's last layer is the deepest weight both losses share: the VF loss never reaches
     the decoder, so VQGAN's decoder-side ratio would be zero here.
     """
-    return gradient_norm_ratio(rec_loss, vf_loss, encoder_last_layer_weight, max_value)
+    return gradient_norm_ratio(rec_loss, vf_loss, encoder_last_layer_weight, max_value, reduce)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -26,17 +26,25 @@ def run_stage(
 ) -> None:
     paths = Paths.discover()
     cfg = load_config(paths, params, overrides)
-    from ldm import stages
+    from ldm import launch, stages
 
+    # This same command for one variant: what a stage with world_size > 1 runs under torchrun.
+    command = [stage.replace("_", "-"), *(["--variant", variant] if variant else [])]
+    command += [*(["--params", str(params.resolve())] if params else [])]
+    command += [arg for text in overrides or [] for arg in ("--set", text)]
     try:
-        result = stages.run(stage, cfg, paths, variant)
+        result = stages.run(stage, cfg, paths, variant, command)
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
+    except launch.RanksFailed as err:  # the rank printed its traceback
+        raise fail(f"{stage}: {err}", EXIT_UNEXPECTED) from None
     except Exception:
         traceback.print_exc()
         raise fail(
             f"{stage}: unexpected error (see the traceback above)", EXIT_UNEXPECTED
         ) from None
+    if launch.launched_here():  # one rank of several: the command that started them reports
+        return
     shown = {k: v for k, v in result.metrics.items() if not k.startswith("n_rejected_")}
     name = f"{stage}@{variant}" if variant else stage
     numbers = {k: v for k, v in shown.items() if isinstance(v, int | float)}

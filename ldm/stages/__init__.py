@@ -12,8 +12,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ldm import launch
 from ldm.config import Config
-from ldm.cost import CostMeter
+from ldm.cost import CostMeter, device_of_this_process
 from ldm.errors import DataError, LdmError
 from ldm.files import write_json_atomic
 from ldm.paths import Paths
@@ -90,8 +91,18 @@ def stage_names(cfg: Config) -> list[str]:
     return names
 
 
-def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> StageResult:
-    """Run one stage with tracking and cost metering; raise DataError if its data failed checks."""
+def run(
+    stage: str,
+    cfg: Config,
+    paths: Paths,
+    variant: str | None = None,
+    command: list[str] | None = None,
+) -> StageResult:
+    """Run one stage with tracking and cost metering; raise DataError if its data failed checks.
+
+    `command` is the `ldm` command line that starts this stage again: a stage whose world_size
+    is above 1 relaunches itself with it under torchrun (ldm/launch.py).
+    """
     from ldm import tracking
 
     spec = STAGES[stage]
@@ -100,10 +111,19 @@ def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> St
     name = f"{stage}@{variant}" if spec.per_variant else stage
     args = (variant,) if spec.per_variant else ()
     try:
-        if int(os.environ.get("RANK", "0")) != 0:
-            # Under torchrun only rank 0 records; the other ranks train and stay silent.
+        if launch.launched_here():  # one rank of a job the stage command started: rank 0 logs
+            run_id = os.environ[launch.STAGE_RUN_ENV]
+            tracker = (
+                tracking.attach(paths.root, run_id) if launch.is_main() else tracking.NullTracker()
+            )
+            return launch.run_rank(lambda t: spec.function(cfg, paths, t, *args), tracker)
+        if launch.under_torchrun() and not launch.is_main():
+            # Started by hand under torchrun: only rank 0 records; the others train silently.
             return spec.function(cfg, paths, tracking.NullTracker(), *args)
-        return _run_recorded(spec, name, args, cfg, paths)
+        processes = launch.world_size(stage, cfg.section)
+        if processes > 1 and not launch.under_torchrun() and command is None:
+            raise LdmError(f"{name}: world_size {processes} needs the stage's command to relaunch")
+        return _run_recorded(spec, name, args, cfg, paths, processes, command)
     except OSError as err:
         if err.errno not in CANNOT_WRITE:
             raise
@@ -119,7 +139,15 @@ def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> St
 CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
 
-def _run_recorded(spec: Stage, name: str, args: tuple, cfg: Config, paths: Paths) -> StageResult:
+def _run_recorded(
+    spec: Stage,
+    name: str,
+    args: tuple,
+    cfg: Config,
+    paths: Paths,
+    processes: int,
+    command: list[str] | None,
+) -> StageResult:
     from ldm import tracking
 
     with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
@@ -129,17 +157,22 @@ def _run_recorded(spec: Stage, name: str, args: tuple, cfg: Config, paths: Paths
             params["variant"] = {"name": variant} | cfg.section("variants")[variant]
         tracker.log_params(params)
         with CostMeter(cfg.cost) as meter:
-            result = spec.function(cfg, paths, tracker, *args)
-        metrics = result.metrics | meter.metrics()
+            if processes > 1 and not launch.under_torchrun():
+                result, devices = launch.relaunch(command, processes, tracker.run_id)
+            else:
+                result = spec.function(cfg, paths, tracker, *args)
+                devices = device_of_this_process(int(os.environ.get("WORLD_SIZE", "1")))
+        metrics = result.metrics | meter.metrics(devices)
         content = metrics
         if result.document is not None:
             content, metrics = result.document(metrics)
         if spec.writes_metrics_file:
             write_json_atomic(paths.stage_metrics(name), content)
-        tracker.log_metrics(metrics)
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         for artifact in result.artifacts:
             tracker.log_artifact(artifact)
-        tracker.set_tags({"ldm.outcome": "failed" if result.problems else "passed"})
+        outcome = "failed" if result.problems else "passed"
+        tracker.set_tags({"ldm.outcome": outcome, "cost.device_kind": devices.kind})
         if result.problems:
             listed = "\n".join(f"  - {p}" for p in result.problems)
             raise DataError(

@@ -6,12 +6,14 @@ Each ends the same way: latent statistics over the train split stored in the tok
 reconstruction quality on the val split, and a release folder
 `data/checkpoints/tokenizer-<variant>/` (`model.safetensors` + `config.json`). Every variant also
 measures how close its latents are to the foundation model's features (linear CKA), so plain
-and aligned variants are compared on that axis too.
+and aligned variants are compared on that axis too. With tokenizer.world_size > 1 the stage runs
+under torchrun: every rank trains its slice of each batch, rank 0 alone measures and releases.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 from ldm.config import Config
 from ldm.devices import pick_device
@@ -46,6 +48,7 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     from ldm.align import VFProjection
     from ldm.data.batches import ImageBatches, to_model_range
     from ldm.data.prepare import load_split
+    from ldm.distributed import cleanup, init_distributed
     from ldm.pretrained.features import load_eval_features
     from ldm.pretrained.foundation import load_foundation
     from ldm.pretrained.perceptual import build_perceptual, load_perceptual_metric
@@ -71,6 +74,9 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         "tokenizer", cfg.section("tokenizer"), RESUMABLE_SETTINGS
     )
     device = pick_device(tok.device)
+    dist = init_distributed(device.type)  # under torchrun: one rank of tokenizer.world_size
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     torch.manual_seed(tok.seed)  # the initial weights
     arch = arch_from_preset(v.preset, cfg.data.resolution, v.latent_channels)
     model = Tokenizer(arch)
@@ -113,9 +119,20 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         settings=resumable,
         device=device,
         notice=notice,
+        dist=dist,
     )
-    with progress_bar(stage, tok.steps, images_per_unit=tok.batch_size) as advance:
-        metrics = fit(run, tracker, advance)
+    try:
+        bar = (
+            progress_bar(stage, tok.steps, images_per_unit=tok.batch_size)
+            if dist.is_main
+            else nullcontext(lambda n, **_: None)
+        )
+        with bar as advance:
+            metrics = fit(run, tracker, advance)
+    finally:
+        cleanup()
+    if not dist.is_main:  # rank 0 alone measures and releases, with no process group to time out
+        return StageResult({}, [])
 
     mean, std = latent_statistics(model, train_images, device, tok.batch_size)
     model.set_latent_stats(mean, std)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.losses import gradient_norm_ratio
+from ldm.losses import Reduce, gradient_norm_ratio
 
 
 def weights_init(m: nn.Module) -> None:
@@ -68,6 +68,7 @@ def adaptive_gan_weight(
     g_loss: torch.Tensor,
     decoder_last_layer_weight: torch.Tensor,
     max_value: float = 1e4,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """‖∂rec/∂W‖ / (‖∂g/∂W‖ + 1e-4) on the decoder's last layer W, clamped to [0, max], detached."""
-    return gradient_norm_ratio(rec_loss, g_loss, decoder_last_layer_weight, max_value)
+    return gradient_norm_ratio(rec_loss, g_loss, decoder_last_layer_weight, max_value, reduce)

@@ -191,6 +191,13 @@ def stage_run(root: Path, experiment: str, stage: str) -> Iterator[MlflowTracker
         yield tracker
 
 
+def attach(root: Path, run_id: str) -> MlflowTracker:
+    """A tracker on a run another process opened (rank 0 of a DDP stage, into its launcher's)."""
+    from mlflow import MlflowClient
+
+    return MlflowTracker(MlflowClient(tracking_uri=tracking_uri(root)), run_id)
+
+
 @contextmanager
 def trial_run(
     root: Path,
