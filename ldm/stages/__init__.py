@@ -136,7 +136,15 @@ def run(
 
 
 # Errors that mean the disk or a folder refuses the stage's output, not a bug to retry.
-CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+CANNOT_WRITE = {
+    errno.ENOSPC,  # disk full
+    errno.EDQUOT,
+    errno.EACCES,  # a folder without write permission
+    errno.EPERM,
+    errno.EROFS,  # a read-only mount
+    errno.ENOTDIR,  # a file where an output folder should be
+    errno.EEXIST,
+}
 
 
 def _run_recorded(
