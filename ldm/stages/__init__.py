@@ -107,8 +107,11 @@ def run(
         # Started by hand under torchrun: only rank 0 records; the others train and stay silent.
         return spec.function(cfg, paths, tracking.NullTracker(), *args)
     processes = launch.world_size(stage, cfg.section)
-    if processes > 1 and not launch.under_torchrun() and command is None:
-        raise LdmError(f"{name}: world_size {processes} needs the stage's command to relaunch")
+    relaunch = processes > 1 and not launch.under_torchrun()
+    if relaunch:
+        if command is None:
+            raise LdmError(f"{name}: world_size {processes} needs the stage's command to relaunch")
+        launch.check_devices(stage, cfg.section)
     with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
         tracker.log_params(
             {section: cfg.section(section) for section in spec.sections}
@@ -119,7 +122,7 @@ def run(
             )
         )
         with CostMeter(cfg.cost) as meter:
-            if processes > 1 and not launch.under_torchrun():
+            if relaunch:
                 result, devices = launch.relaunch(command, processes, tracker.run_id)
             else:
                 result = spec.function(cfg, paths, tracker, *args)
