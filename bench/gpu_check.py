@@ -115,6 +115,7 @@ def part_dit(dry: bool) -> list[tuple[str, str, str]]:
         what = f"LightningDiT {size} train step, 32x{args.latent_size}x{args.latent_size}"
         what += f", batch {batch}, bf16+compile"
         note = f"bf16 matmul peak {peak / 1e12:.0f} TFLOP/s (torch.mm, this run)"
+        note = "wiring only (CPU, fp32, no compile)" if dry else note
         if size == "XL/1":
             note += f"; goal >= 330 img/s: {'met' if rate >= 330 else 'NOT met'}"
         result = "dry" if dry else f"{rate:.0f} img/s, MFU {100 * mfu:.1f}%"

