@@ -98,6 +98,8 @@ def test_two_processes_through_torchrun_train_what_one_process_trains(
     assert metrics["train/final_loss"] == pytest.approx(single_metrics["train/final_loss"], 1e-4)
     assert metrics["cost/device_kind"] == "cpu" and metrics["cost/device_count"] == 0
     assert metrics["cost/gpu_hours"] == 0 and "cost/energy_kwh" not in metrics
+    # The ranks' CPU time counts (children of the launcher, which itself only waits).
+    assert metrics["cost/cpu_hours"] > single_metrics["cost/cpu_hours"]
     assert (paths.work(stage) / "step-00000004").is_dir()  # rank 0 saved the last step
     latest = runs_named(prepared, stage)[0]  # newest first: one run for the 2-process job
     assert latest.info.status == "FINISHED"
