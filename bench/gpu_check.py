@@ -163,7 +163,7 @@ def part_tokenizer(dry: bool) -> list[tuple[str, str, str]]:
         )
         stamps: list[float] = []
 
-        def progress(n: int) -> None:
+        def progress(n: int, **status: float) -> None:
             if not dry:
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())

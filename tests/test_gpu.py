@@ -73,7 +73,7 @@ def test_tokenizer_loop_trains_compiled_in_bf16_channels_last(tmp_path: Path) ->
         settings={},
         device=torch.device("cuda"),
     )
-    history = fit(run, NullTracker(), lambda n: None)
+    history = fit(run, NullTracker(), lambda n, **_: None)
     assert math.isfinite(history["train/final_loss"]) and history["train/images_per_second"] > 0
     assert checkpoint.latest_state(tmp_path).name == "step-00000006"
 
@@ -107,7 +107,7 @@ def test_dit_loop_trains_compiled_in_bf16(tmp_path: Path) -> None:
         device=torch.device("cuda"),
         notice=lambda _: None,
     )
-    history = fit_diffusion(run, NullTracker(), lambda n: None)
+    history = fit_diffusion(run, NullTracker(), lambda n, **_: None)
     assert math.isfinite(history["train/final_loss"]) and history["train/gpu_hours"] > 0
 
     net = run.model.eval()
