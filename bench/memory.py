@@ -1,6 +1,6 @@
 """Peak memory of each stage at two data sizes: it must not grow with the number of images.
 
-    python bench/memory.py --quick                  # 500 and 5,000 images at 64 px, CPU (~3 min)
+    python bench/memory.py --quick                  # 500 and 5,000 images at 64 px, CPU
     python bench/memory.py                          # 2,000 and 20,000 images at 64 px, CPU
     python bench/memory.py --resolution 256 --device cuda   # the size of a company set, on a GPU
     python bench/memory.py --code /path/to/checkout # measure another version of ldm
@@ -17,8 +17,9 @@ process. The tokenizer stage still passes over the whole train split (its latent
 statistics) and the whole val split (its reconstruction metrics), and encode over the train
 split twice (plain and mirrored): those passes are what the data size tests.
 
-Why 64 px on a CPU: those passes cost the f4d8 tokenizer 0.25 s per image at 256 px on a
-2-core CPU (2.7 ms at 64 px), hours for 20,000 images; on a GPU 256 px takes minutes.
+Why 64 px on a CPU: at 256 px those passes cost the f4d8 encoder about 90 times as much per
+image as at 64 px (measured on a 2-core CPU): hours for 20,000 images, so 256 px wants a GPU.
+On 2 shared cores the default run took 23 minutes, --quick 11.
 
 The table gives each stage's peak RSS at both sizes, the growth, and the growth as a share of
 the growth of the prepared images on disk. A stage that reads a batch or a shard at a time

@@ -5,10 +5,14 @@ skipped, and `dvc.lock` stays the provenance); Prefect decides *when and where*,
 after a transient failure, enforces its timeout and keeps the run history; MLflow records *what
 happened*: this flow opens the trial's parent run and each stage process logs a nested run under
 it (the parent id travels in LDM_PARENT_RUN_ID through `dvc repro` to `ldm <stage>`).
+
+The person watching `ldm run` reads the stages' own lines (progress, results, errors) as they
+come, printed here; Prefect's log gets the same lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,6 +33,13 @@ from ldm.stages import stage_names
 # `ldm <stage>` exits 1 when the data or setup needs a fix and 2 on a bad config: retrying those
 # cannot help. Anything else (an unexpected error, a killed process, a locked store) is retried.
 FINAL_EXIT_CODES = (1, 2)
+# DVC's advice after each stage (git add dvc.lock, autostage, dvc push) is for people running it
+# by hand; repeated after every stage of a trial it buries the progress.
+DVC_HINTS = re.compile(
+    r"^(To track the changes with git, run:|To enable auto staging, run:|\s*git add |"
+    r"\s*dvc config core\.autostage|Use `dvc push` to send|Updating lock file|\s*$)"
+)
+SKIPPED = re.compile(r"Stage '.*' didn't change, skipping")
 
 
 class StageFailed(RuntimeError):
@@ -51,22 +62,16 @@ def stage_env(parent_run_id: str) -> dict[str, str]:
     return env
 
 
-def dvc(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
-    )
+def say(line: str) -> None:
+    """A line for the terminal of `ldm run` and for Prefect's log."""
+    print(line, flush=True)
+    get_run_logger().info(line)
 
 
-def is_up_to_date(root: Path, stage: str) -> bool:
-    status = dvc(root, "status", "--json", stage)
-    if status.returncode != 0:
-        raise StageFailed(stage, None, f"`dvc status` failed:\n{status.stderr.strip()}")
-    return json.loads(status.stdout or "{}") == {}
-
-
-def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> None:
-    """`dvc repro --single-item <stage>`, its output streamed to the Prefect log as it comes."""
-    logger = get_run_logger()
+def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool:
+    """`dvc repro --single-item <stage>`, its output streamed as it comes; True if it ran."""
+    # Same process group as the trial: Ctrl+C, a closed terminal or a kill of the group reach
+    # the stage too, so no stage can outlive its trial and write beside the next one.
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
         cwd=root,
@@ -74,31 +79,53 @@ def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
     )
     lines: list[str] = []
+    logger = get_run_logger()
 
     def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            logger.info(line.rstrip())
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            lines.append(line)
+            if not DVC_HINTS.match(line):
+                print(f"  {line}", flush=True)
+                logger.info(line)
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 15)  # the whole group: dvc, `ldm <stage>` and its workers
-        proc.wait()
+        stop_tree(proc)  # dvc, `ldm <stage>` and its workers
         raise StageFailed(stage, None, f"timed out after {timeout_s / 60:.0f} min") from None
+    except BaseException:  # a cancelled flow: stop the stage too, it resumes from a checkpoint
+        stop_tree(proc)
+        raise
     reader.join(timeout=10)
     if proc.returncode != 0:
         found = re.findall(r"exited with (-?\d+)", "\n".join(lines))
         exit_code = int(found[-1]) if found else None
-        tail = "\n".join(lines[-15:])
-        raise StageFailed(
-            stage, exit_code, f"`dvc repro` failed (stage exit code {exit_code}):\n{tail}"
-        )
+        cause = next((ln for ln in reversed(lines) if ln and not DVC_HINTS.match(ln)), "")
+        raise StageFailed(stage, exit_code, f"failed (exit code {exit_code}): {cause}")
+    return not any(SKIPPED.search(line) for line in lines)
+
+
+def stop_tree(proc: subprocess.Popen) -> None:
+    """Terminate a process and everything it started, then reap it."""
+    import psutil
+
+    try:
+        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    proc.wait()
 
 
 def tag_key(stage: str) -> str:
@@ -108,18 +135,22 @@ def tag_key(stage: str) -> str:
 
 @task(cache_policy=NO_CACHE, retry_condition_fn=is_transient)
 def run_stage(root: str, stage: str, parent_run_id: str, timeout_s: float) -> str:
-    """Run one stage through DVC unless it is up to date; returns "ran" or "skipped"."""
-    project = Path(root)
-    if is_up_to_date(project, stage):
-        get_run_logger().info(f"{stage}: up to date, skipped")
-        return "skipped"
-    repro(project, stage, stage_env(parent_run_id), timeout_s)
-    return "ran"
+    """Run one stage through DVC (which skips it when nothing changed): "ran" or "skipped"."""
+    attempt = prefect.runtime.task_run.run_count
+    say(f"> {stage}" + (f" (attempt {attempt})" if attempt > 1 else ""))
+    try:
+        ran = repro(Path(root), stage, stage_env(parent_run_id), timeout_s)
+    except StageFailed as err:
+        say(f"! {err}")
+        raise
+    if not ran:
+        say(f"  {stage}: up to date, skipped")
+    return "ran" if ran else "skipped"
 
 
 @flow(name="ldm-trial")
-def trial(root: str) -> dict:
-    """Every stage of the trial in DAG order. Returns the MLflow parent run id and what ran."""
+def trial(root: str, overrides: list[str] | None = None) -> dict:
+    """Every stage of the trial in DAG order. Returns the MLflow parent run and what ran."""
     project = Path(root)
     params = project / "params.yaml"
     cfg = config.load(params)
@@ -128,8 +159,10 @@ def trial(root: str) -> dict:
     # Name the MLflow run after the Prefect flow run, so either UI leads to the other.
     flow_run_name = prefect.runtime.flow_run.name
     links = {"prefect.flow_run_id": str(prefect.runtime.flow_run.id)}
+    for name in tracking.close_abandoned_runs(project, cfg.tracking.experiment):
+        say(f"MLflow run {name!r} of a killed trial is marked KILLED")
     with tracking.trial_run(
-        project, cfg.tracking.experiment, params, f"trial {flow_run_name}", links
+        project, cfg.tracking.experiment, params, f"trial {flow_run_name}", links, overrides
     ) as tracker:
         outcome: dict[str, str] = {}
         for stage in stage_names(cfg):
@@ -143,8 +176,9 @@ def trial(root: str) -> dict:
                 outcome[stage] = stage_task(
                     root, stage, tracker.run_id, settings.stage_timeout_minutes * 60.0
                 )
-            except StageFailed:
+            except StageFailed as err:
                 tracker.set_tags({tag_key(stage): "failed", "ldm.failed_stage": stage})
+                tracker.set_tags({"ldm.error": str(err)[:4000]})
                 raise
             tracker.set_tags({tag_key(stage): outcome[stage]})
         ran = sum(status == "ran" for status in outcome.values())
@@ -155,21 +189,35 @@ def trial(root: str) -> dict:
                 "wall_seconds": time.perf_counter() - started,
             }
         )
-    return {"mlflow_parent_run_id": tracker.run_id, "stages": outcome}
+    return {
+        "mlflow_parent_run_id": tracker.run_id,
+        "mlflow_experiment_id": tracker.experiment_id,
+        "stages": outcome,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flows.trial ROOT [--result-file PATH]`: what `ldm run` starts."""
+    """`python -m flows.trial ROOT [--set K=V ...] [--result-file PATH]`: what `ldm run` starts.
+
+    Exits with the failed stage's code class: 1 data or setup, 2 config, 3 anything else.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m flows.trial", description=trial.__doc__)
     parser.add_argument("root", help="project root (holds dvc.yaml and params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--result-file", help="write the flow's result here as JSON")
     args = parser.parse_args(argv)
-    state = trial(args.root, return_state=True)
+    state = trial(args.root, args.overrides, return_state=True)
     if not state.is_completed():
-        print(f"trial failed: {state.message}", file=sys.stderr)
-        return 1
+        try:
+            state.result()
+        except StageFailed as err:
+            print(f"trial failed at {err}", file=sys.stderr)
+            return err.exit_code if err.exit_code in FINAL_EXIT_CODES else 3
+        except BaseException as err:  # noqa: BLE001 (reported, then a non-zero exit)
+            print(f"trial failed: {err}", file=sys.stderr)
+        return 3
     outcome = state.result()
     if args.result_file:
         Path(args.result_file).write_text(json.dumps(outcome, indent=2))

@@ -1,6 +1,7 @@
 """VA-VAE's VF loss: align the tokenizer's latent with a frozen vision foundation model.
 
-Formulas follow the paper (Eq. 1-5; digest §1.1); the encoders live in `ldm.foundation`.
+Formulas follow the paper (Eq. 1-5; digest §1.1); the frozen encoders aligned to live in
+`ldm.pretrained.foundation`.
 """
 
 from __future__ import annotations
@@ -9,22 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.foundation import (
-    FOUNDATION_MODELS,
-    FoundationEncoder,
-    load_foundation,
-)
-from ldm.tokenizer.losses import gradient_norm_ratio
+from ldm.losses import Reduce, gradient_norm_ratio
 
 __all__ = [
-    "FOUNDATION_MODELS",
-    "FoundationEncoder",
     "VFProjection",
     "adaptive_vf_weight",
     "cka_from_covariance",
     "latent_feature_cka",
     "linear_cka",
-    "load_foundation",
     "marginal_cosine_loss",
     "marginal_distance_matrix_loss",
     "vf_loss",
@@ -93,13 +86,14 @@ def adaptive_vf_weight(
     vf_loss: torch.Tensor,
     encoder_last_layer_weight: torch.Tensor,
     max_value: float,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """‖∇L_rec‖ / ‖∇L_vf‖ on the encoder's last layer weight, clamped to [0, max], detached (Eq. 4).
 
     The encoder's last layer is the deepest weight both losses share: the VF loss never reaches
     the decoder, so VQGAN's decoder-side ratio would be zero here.
     """
-    return gradient_norm_ratio(rec_loss, vf_loss, encoder_last_layer_weight, max_value)
+    return gradient_norm_ratio(rec_loss, vf_loss, encoder_last_layer_weight, max_value, reduce)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -28,14 +28,25 @@ def load_diffusion(folder: Path) -> tuple[torch.nn.Module, dict]:
 
 
 def labels_for(n: int, class_map: dict[str, int], class_name: str | None) -> torch.Tensor | None:
-    """One class for every image, or the classes in turn; None for an unconditional model."""
+    """One class (by name or id) for every image, or the classes in turn; None for an
+    unconditional model."""
     if len(class_map) <= 1:
         return None
     if class_name is not None:
-        if class_name not in class_map:
-            raise DataError(f"unknown class {class_name!r}; the classes are {sorted(class_map)}")
-        return torch.full((n,), class_map[class_name], dtype=torch.long)
+        return torch.full((n,), class_id(class_name, class_map), dtype=torch.long)
     return torch.arange(n) % len(class_map)
+
+
+def class_id(text: str, class_map: dict[str, int]) -> int:
+    """A class given by its name or its id, as the class map numbers it."""
+    if text in class_map:
+        return class_map[text]
+    if text.strip().isdigit() and int(text) in class_map.values():
+        return int(text)
+    known = ", ".join(
+        f"{name} ({i})" for name, i in sorted(class_map.items(), key=lambda kv: kv[1])
+    )
+    raise DataError(f"unknown class {text!r}; the classes are {known}")
 
 
 def generate(
@@ -48,15 +59,29 @@ def generate(
 ) -> np.ndarray:
     """n images, uint8 (n, H, W, 3), deterministic under `settings.seed`."""
     model, config = load_diffusion(folder)
-    tokenizer = load_tokenizer(root / config["tokenizer"]).to(device)
-    model.to(device)
+    tokenizer = load_tokenizer(root / config["tokenizer"])
     labels = labels_for(n, config["class_map"], class_name)
+    return draw(model, tokenizer, config["model"], n, labels, settings, device)
+
+
+def draw(
+    model: torch.nn.Module,
+    tokenizer: torch.nn.Module,
+    model_config: dict,
+    n: int,
+    labels: torch.Tensor | None,
+    settings: SampleConfig,
+    device: torch.device,
+) -> np.ndarray:
+    """n images from loaded models, uint8 (n, H, W, 3); the same seed gives the same images."""
+    model.to(device)
+    tokenizer.to(device)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     shape = (
         n,
-        config["model"]["latent_channels"],
-        config["model"]["latent_size"],
-        config["model"]["latent_size"],
+        model_config["latent_channels"],
+        model_config["latent_size"],
+        model_config["latent_size"],
     )
     guidance = settings.cfg_scale if labels is not None else 1.0
     with torch.no_grad():

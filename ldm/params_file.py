@@ -42,3 +42,23 @@ def write_overrides(path: Path, overrides: list[str]) -> list[str]:
         yaml_rt.dump(doc, handle)
     tmp.replace(path)
     return changes
+
+
+def replace_params(path: Path, source: Path) -> str:
+    """Make `source` the pipeline's params file (DVC reads params.yaml alone), keeping the
+    previous file under .ldm/params-history/; returns a line saying so."""
+    import shutil
+    import time
+
+    validate_dict(read_yaml(source), str(source))
+    if path.is_file() and path.read_bytes() == source.read_bytes():
+        return f"{source} is already params.yaml"
+    history = path.parent / ".ldm" / "params-history"
+    history.mkdir(parents=True, exist_ok=True)
+    kept = history / f"params-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    if path.is_file():
+        shutil.copy2(path, kept)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(path)
+    return f"params.yaml now holds {source} (the previous one is kept as {kept})"

@@ -59,6 +59,22 @@ class Paths:
     def stage_metrics(self, stage: str) -> Path:
         return self.metrics / f"{stage}.json"
 
+    def convergence(self, variant: str) -> Path:
+        """The DiT's gFD against step and compute, written by train_diffusion@<variant>."""
+        return self.metrics / f"convergence@{variant}.json"
+
+    def local(self, path: Path | str | None) -> Path | None:
+        """An optional weights path from params.yaml, resolved; None stays None."""
+        return None if path is None else self.resolve(path)
+
+    @property
+    def reports(self) -> Path:
+        return self.data / "reports"
+
+    def evaluation(self, variant: str) -> Path:
+        """What evaluate@<variant> shows besides its numbers: sample grids."""
+        return self.data / "evaluations" / variant
+
     @property
     def checkpoints(self) -> Path:
         return self.data / "checkpoints"

@@ -1,10 +1,24 @@
-"""A progress bar for long loops, drawn on stderr only when a person is watching."""
+"""Progress of long loops for the person watching, wherever they watch from.
+
+On a terminal: a rich bar. Anywhere else (under `ldm run`, `dvc repro`, CI, a Prefect worker,
+a log file): a plain line at least every PLAIN_EVERY_S seconds, also while one slow step is
+still running, naming the stage, the step, the latest loss, images/s and the time left.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
+
+PLAIN_EVERY_S = 10.0  # under the 15 s a log reader waits before wondering whether it hangs
+
+
+class Advance(Protocol):
+    def __call__(self, n: int = 1, **status: float) -> None: ...
 
 
 def notice(message: str) -> None:
@@ -12,19 +26,108 @@ def notice(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n)`; renders a rich bar on a terminal and stays silent in logs (DVC, CI)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
-    console = Console(stderr=True)
+
+class PlainLines:
+    """Writes `stage  step 120/600  loss 0.2431  62 img/s  ETA 3m12s` lines to stderr."""
+
+    def __init__(self, description: str, total: int | None, images_per_unit: int | None) -> None:
+        self.description, self.total, self.images_per_unit = description, total, images_per_unit
+        self.done, self.status = 0, {}
+        self.started = self.last_line = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> PlainLines:
+        # No opening line: a quick loop gets one line, its last; a slow one a line every
+        # PLAIN_EVERY_S seconds from its start.
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._heartbeat.join(timeout=1)
+        if exc[0] is None:
+            self._print(final=True)
+
+    def advance(self, n: int = 1, **status: float) -> None:
+        with self._lock:
+            self.done += n
+            self.status.update(status)
+        if time.monotonic() - self.last_line >= PLAIN_EVERY_S:
+            self._print()
+
+    def _beat(self) -> None:
+        """Prints even when a single step outlasts the interval (compilation, a slow batch)."""
+        while not self._stop.wait(1.0):
+            if time.monotonic() - self.last_line >= PLAIN_EVERY_S:
+                self._print()
+
+    def line(self, final: bool = False) -> str:
+        with self._lock:
+            done, status = self.done, dict(self.status)
+        elapsed = time.monotonic() - self.started
+        parts = [self.description]
+        parts.append(f"{done}/{self.total}" if self.total else f"{done}")
+        parts += [f"{key} {value:.4g}" for key, value in status.items() if value == value]
+        if self.images_per_unit and elapsed > 0 and done:
+            parts.append(f"{done * self.images_per_unit / elapsed:.1f} img/s")
+        if final:
+            parts.append(f"done in {_duration(elapsed)}")
+        elif self.total and done:
+            parts.append(f"ETA {_duration(elapsed / done * (self.total - done))}")
+        else:
+            parts.append(f"{_duration(elapsed)} elapsed")
+        return "  ".join(parts)
+
+    def _print(self, final: bool = False) -> None:
+        self.last_line = time.monotonic()
+        print(self.line(final), file=sys.stderr, flush=True)
+
+
+@contextmanager
+def progress_bar(
+    description: str, total: int | None = None, images_per_unit: int | None = None
+) -> Iterator[Advance]:
+    """Yield `advance(n, **status)`: a rich bar on a terminal, plain lines anywhere else.
+
+    `status` (e.g. loss=0.24) is shown with the progress; `images_per_unit` turns the rate
+    into images/s (a training step of batch 64 is 64 images).
+    """
+    if not sys.stderr.isatty():
+        with PlainLines(description, total, images_per_unit) as lines:
+            yield lines.advance
+        return
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(description, total=total, status="")
+
+        def advance(n: int = 1, **status: float) -> None:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in status.items() if v == v)  # not NaN
+            progress.update(task, advance=n, **({"status": shown} if status else {}))
+
+        yield advance

@@ -84,6 +84,14 @@ class StageCost(Record):
         )
 
 
+def total_cost(costs: list[StageCost]) -> StageCost:
+    """Stages that ran one after another, as one."""
+    total = costs[0]
+    for cost in costs[1:]:
+        total = total + cost
+    return total
+
+
 class ConvergencePoint(Record):
     step: int = Field(ge=0)
     compute_hours: float = Field(ge=0.0)  # GPU-hours on GPUs, CPU-hours on a CPU, cumulative
@@ -117,6 +125,19 @@ class TokenizerQuality(Record):
     feature_net: str
     cka: float  # linear CKA of latents vs the foundation model's features
     cka_foundation: str
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any]) -> TokenizerQuality:
+        """Read the flat keys `train_tokenizer` writes: psnr, ssim, perceptual_<net>,
+        rfd_<net> and cka_<foundation>; other keys (train/..., val/...) are ignored."""
+        values: dict[str, Any] = {"psnr": metrics["psnr"], "ssim": metrics["ssim"]}
+        for name, net_field in cls.named_by.items():
+            keys = [k for k in metrics if k.startswith(f"{name}_") and "/" not in k]
+            if len(keys) != 1:
+                raise ValueError(f"expected one {name}_<network> metric, found {keys or 'none'}")
+            values[name] = metrics[keys[0]]
+            values[net_field] = keys[0].removeprefix(f"{name}_")
+        return cls.model_validate(values)
 
 
 class GenerationQuality(Record):

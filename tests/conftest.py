@@ -8,9 +8,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +37,9 @@ TINY_PARAMS = {
         {"share": 0.5, "vf_weight": 0.1, "use_margins": True},
     ],
     "evaluate.batch_size": 32,
+    "evaluate.num_samples": 16,
+    "evaluate.nearest_k": 3,
+    "diffusion.curve_samples": 8,
     "diffusion.steps": 4,
     "diffusion.batch_size": 8,
     "diffusion.micro_batch_size": 8,
@@ -45,10 +52,14 @@ TINY_PARAMS = {
 
 
 def set_params(params_path: Path, values: dict[str, object]) -> None:
+    """Write `section.key[.key...]: value` into a params file (no comments to keep here)."""
     raw = yaml.safe_load(params_path.read_text())
     for dotted, value in values.items():
-        section, key = dotted.split(".")
-        raw[section][key] = value
+        *parents, key = dotted.split(".")
+        node = raw
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
@@ -56,12 +67,55 @@ def killed_after(n_steps: int):  # noqa: ANN201
     """A progress callback that stops a training loop after `n_steps`, as a kill would."""
     seen = [0]
 
-    def progress(n: int) -> None:
+    def progress(n: int, **status: float) -> None:
         seen[0] += n
         if seen[0] >= n_steps:
             raise KeyboardInterrupt
 
     return progress
+
+
+# A DINOv2 small enough for CPU tests; weights under the official checkpoint's key layout.
+TINY_VIT = {"embed_dim": 24, "depth": 2, "num_heads": 2}
+
+
+def official_dinov2_state(dim: int, depth: int) -> dict[str, torch.Tensor]:
+    """Random weights under the official DINOv2 key layout (facebookresearch/dinov2 ViT)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.05
+
+    state = {
+        "cls_token": r(1, 1, dim),
+        "pos_embed": r(1, 1 + 37 * 37, dim),
+        "mask_token": r(1, dim),
+        "patch_embed.proj.weight": r(dim, 3, 14, 14),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": 1 + r(dim),
+        "norm.bias": r(dim),
+    }
+    for n in range(depth):
+        p = f"blocks.{n}."
+        state |= {
+            p + "norm1.weight": 1 + r(dim),
+            p + "norm1.bias": r(dim),
+            p + "attn.qkv.weight": r(3 * dim, dim),
+            p + "attn.qkv.bias": r(3 * dim),
+            p + "attn.proj.weight": r(dim, dim),
+            p + "attn.proj.bias": r(dim),
+            p + "ls1.gamma": r(dim),
+            p + "norm2.weight": 1 + r(dim),
+            p + "norm2.bias": r(dim),
+            p + "mlp.fc1.weight": r(4 * dim, dim),
+            p + "mlp.fc1.bias": r(4 * dim),
+            p + "mlp.fc2.weight": r(dim, 4 * dim),
+            p + "mlp.fc2.bias": r(dim),
+            p + "ls2.gamma": r(dim),
+        }
+    return state
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -115,3 +169,47 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture
+def registry_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder (pipeline files, tiny params) with a tiny released generator."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    set_params(root / "params.yaml", TINY_PARAMS)
+    from tests.generators import write_generator
+
+    write_generator(root, seed=0)
+    monkeypatch.chdir(root)
+    return root
+
+
+def ldm_env(**extra: str) -> dict[str, str]:
+    """The environment of an `ldm` process in a test: this session's Prefect test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONUNBUFFERED="1")
+    return env | extra
+
+
+def ldm_run(project: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900):
+    """`ldm run ARGS` as a user starts it: its own process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "ldm", "run", *args],
+        cwd=project,
+        env=env or ldm_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_variant(project: Path, **sets: object) -> None:
+    """The project's params with only the plain variant (and `section.key` values set)."""
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["variants"] = {"plain": {"preset": "f4d8", "align": False}}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    if sets:
+        set_params(project / "params.yaml", sets)

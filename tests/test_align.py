@@ -11,19 +11,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm import foundation
 from ldm.align import (
     VFProjection,
     adaptive_vf_weight,
     cka_from_covariance,
     latent_feature_cka,
     linear_cka,
-    load_foundation,
     marginal_cosine_loss,
     marginal_distance_matrix_loss,
     vf_loss,
 )
 from ldm.errors import WeightsMissing
+from ldm.pretrained import base, dinov2
+from ldm.pretrained.foundation import load_foundation
+from ldm.pretrained.weights import sha256_of
+from tests.conftest import TINY_VIT, official_dinov2_state
 
 torch.set_num_threads(1)
 
@@ -139,50 +141,11 @@ def test_adaptive_weight_is_grad_norm_ratio_on_encoder_last_layer() -> None:
 
 # -- foundation models ------------------------------------------------------------------------
 
-_TINY = {"embed_dim": 24, "depth": 2, "num_heads": 2}
-
-
-def _official_dinov2_state(dim: int, depth: int) -> dict[str, torch.Tensor]:
-    """Random weights under the official DINOv2 key layout (facebookresearch/dinov2 ViT)."""
-    g = torch.Generator().manual_seed(1)
-
-    def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g) * 0.05
-
-    state = {
-        "cls_token": r(1, 1, dim),
-        "pos_embed": r(1, 1 + 37 * 37, dim),
-        "mask_token": r(1, dim),
-        "patch_embed.proj.weight": r(dim, 3, 14, 14),
-        "patch_embed.proj.bias": r(dim),
-        "norm.weight": 1 + r(dim),
-        "norm.bias": r(dim),
-    }
-    for n in range(depth):
-        p = f"blocks.{n}."
-        state |= {
-            p + "norm1.weight": 1 + r(dim),
-            p + "norm1.bias": r(dim),
-            p + "attn.qkv.weight": r(3 * dim, dim),
-            p + "attn.qkv.bias": r(3 * dim),
-            p + "attn.proj.weight": r(dim, dim),
-            p + "attn.proj.bias": r(dim),
-            p + "ls1.gamma": r(dim),
-            p + "norm2.weight": 1 + r(dim),
-            p + "norm2.bias": r(dim),
-            p + "mlp.fc1.weight": r(4 * dim, dim),
-            p + "mlp.fc1.bias": r(4 * dim),
-            p + "mlp.fc2.weight": r(dim, 4 * dim),
-            p + "mlp.fc2.bias": r(dim),
-            p + "ls2.gamma": r(dim),
-        }
-    return state
-
 
 @pytest.fixture
 def tiny_dinov2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
-    monkeypatch.setitem(foundation._VIT_SIZES, "dinov2_vits14", ("vit_small_patch14_dinov2", _TINY))
-    state = _official_dinov2_state(_TINY["embed_dim"], _TINY["depth"])
+    monkeypatch.setitem(dinov2._VIT_SIZES, "dinov2_vits14", ("vit_small_patch14_dinov2", TINY_VIT))
+    state = official_dinov2_state(TINY_VIT["embed_dim"], TINY_VIT["depth"])
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(state, path)
     return path, state
@@ -190,8 +153,8 @@ def tiny_dinov2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, 
 
 def test_dinov2_loads_official_layout_onto_latent_grid(tiny_dinov2) -> None:
     path, state = tiny_dinov2
-    enc = load_foundation("dinov2_vits14", path, foundation.sha256_of(path))
-    assert enc.name == "dinov2_vits14" and enc.feature_dim == _TINY["embed_dim"]
+    enc = load_foundation("dinov2_vits14", path, sha256_of(path))
+    assert enc.name == "dinov2_vits14" and enc.feature_dim == TINY_VIT["embed_dim"]
     assert not enc.training and not any(p.requires_grad for p in enc.parameters())
     loaded = enc.vit.state_dict()
     assert set(loaded) == set(state) - {"mask_token"}
@@ -202,11 +165,11 @@ def test_dinov2_loads_official_layout_onto_latent_grid(tiny_dinov2) -> None:
 
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     for h in (4, 8):
-        assert enc(x, (h, h)).shape == (2, _TINY["embed_dim"], h, h)
+        assert enc(x, (h, h)).shape == (2, TINY_VIT["embed_dim"], h, h)
     # input is ImageNet-normalised (not raw [-1, 1] as in VA-VAE's code) and CLS is dropped
     x01 = F.interpolate((x + 1) / 2, size=(56, 56), mode="bilinear", antialias=True)
-    mean = torch.tensor(foundation.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(foundation.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(base.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(base.IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         tokens = enc.vit.forward_features((x01 - mean) / std)[:, 1:]  # (B, 16, D)
     expect = tokens.transpose(1, 2).reshape(2, -1, 4, 4)
@@ -218,7 +181,7 @@ def test_dinov2_wrong_hash_names_both_hashes_and_fallback(tiny_dinov2) -> None:
     with pytest.raises(WeightsMissing) as err:
         load_foundation("dinov2_vits14", path, "0" * 64)
     msg = str(err.value)
-    assert "0" * 64 in msg and foundation.sha256_of(path) in msg
+    assert "0" * 64 in msg and sha256_of(path) in msg
     assert "align.foundation_sha256" in msg and "align.foundation: effnet_lite0" in msg
 
 

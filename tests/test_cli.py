@@ -23,12 +23,18 @@ COMMANDS = {
     "train-tokenizer",
     "encode",
     "train-diffusion",
+    "evaluate",
+    "report",
     "sample",
     "run",
     "preset",
     "sample-data",
     "show-config",
     "ui",
+    "promote",
+    "rollback",
+    "models",
+    "serve",
 }
 
 

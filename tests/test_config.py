@@ -135,10 +135,24 @@ def test_write_overrides_keeps_comments_and_validates_first(tmp_path: Path) -> N
 def test_every_preset_gives_a_valid_config(tmp_path: Path) -> None:
     import json
 
+    from ldm.presets import preset_values
+
     for preset in sorted((REPO / "presets").glob("*.yaml")):
-        values = yaml.safe_load(preset.read_text())
+        values = preset_values(REPO / "presets", preset.stem)
         cfg = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()])
         assert cfg.data.resolution % 16 == 0, preset.name
+
+
+def test_paper_grid_is_the_papers_six_tokenizers_on_the_paper_setting() -> None:
+    import json
+
+    from ldm.presets import preset_values
+
+    values = preset_values(REPO / "presets", "paper-grid")
+    cfg = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    grid = {(v.preset, v.align) for v in cfg.variants.values()}
+    assert grid == {(f"f16d{d}", a) for d in (16, 32, 64) for a in (False, True)}
+    assert cfg.data.resolution == 256 and cfg.align.foundation == "dinov2_vitl14"
 
 
 def test_paper_preset_selects_the_papers_models() -> None:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from ldm.cli import app
 from ldm.data.latents import open_latents
 from ldm.paths import Paths
+from ldm.records import ConvergenceCurve
 
 runner = CliRunner()
 
@@ -55,6 +56,10 @@ def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) ->
     assert config["model"]["name"] == "T/2" and config["variant"] == "plain"
     metrics = json.loads(paths.stage_metrics("train_diffusion@plain").read_text())
     assert metrics["train/steps"] == 4 and np.isfinite(metrics["train/final_loss"])
+    curve = ConvergenceCurve.model_validate_json(paths.convergence("plain").read_text())
+    assert curve.feature_net == "effnet_lite2" and curve.compute_unit == "cpu_hours"
+    assert [p.step for p in curve.points] == [4]  # sample_every 4 and the last step
+    assert curve.points[0].fd > 0 and curve.points[0].compute_hours > 0
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tokenized / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ldm-poc")
@@ -64,6 +69,8 @@ def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) ->
     assert run.data.params["variant.name"] == "plain"
     assert any("samples" in a.path for a in client.list_artifacts(run.info.run_id, "images"))
     assert client.get_metric_history(run.info.run_id, "train/loss")
+    (point,) = client.get_metric_history(run.info.run_id, "curve/fd_effnet_lite2")
+    assert point.step == 4 and point.value == curve.points[0].fd
 
     grid = tmp_path / "grid.png"
     invoke("sample", str(grid), "--variant", "plain", "-n", "6")

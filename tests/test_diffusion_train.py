@@ -102,14 +102,14 @@ class Recorder(NullTracker):
 
 def test_resume_after_a_kill_gives_the_same_weights_and_ema(tmp_path: Path) -> None:
     uninterrupted = make_run(tmp_path / "a", 6)
-    fit_diffusion(uninterrupted, NullTracker(), lambda n: None)
+    fit_diffusion(uninterrupted, NullTracker(), lambda n, **_: None)
 
     with pytest.raises(KeyboardInterrupt):
         fit_diffusion(make_run(tmp_path / "b", 6), NullTracker(), killed_after(5))
     assert checkpoint.latest_state(tmp_path / "b").name == "step-00000004"
 
     resumed = make_run(tmp_path / "b", 6)  # a new process: fresh objects
-    fit_diffusion(resumed, NullTracker(), lambda n: None)
+    fit_diffusion(resumed, NullTracker(), lambda n, **_: None)
     assert resumed.history["resumed_from_step"] == 4
     assert_same_weights(resumed.model, uninterrupted.model)
     assert_same_weights(resumed.ema, uninterrupted.ema)
@@ -125,12 +125,12 @@ def test_raising_steps_continues_an_interrupted_run_and_extends_a_finished_one(
     longer = make_run(tmp_path, 8, sample_every=999)
     longer.notice = notices.append
     steps_run: list[int] = []
-    fit_diffusion(longer, NullTracker(), steps_run.append)
+    fit_diffusion(longer, NullTracker(), lambda n, **_: steps_run.append(n))
     assert longer.history["resumed_from_step"] == 4 and sum(steps_run) == 8
     assert "resuming at step 4" in notices[0] and "sample_every" in notices[0]
 
     extended = make_run(tmp_path, 10)
-    fit_diffusion(extended, NullTracker(), lambda n: None)
+    fit_diffusion(extended, NullTracker(), lambda n, **_: None)
     assert extended.history["resumed_from_step"] == 8  # the finished run's last step
 
 
@@ -151,7 +151,7 @@ def test_training_overfits_a_few_latents(tmp_path: Path) -> None:
             return flow_loss(pred, velocity_target(x0, noise), run.cfg.cos_weight)[0].item()
 
     before = loss()
-    metrics = fit_diffusion(run, NullTracker(), lambda n: None)
+    metrics = fit_diffusion(run, NullTracker(), lambda n, **_: None)
     assert loss() < 0.5 * before
     assert metrics["train/steps"] == 150 and 0 < metrics["train/final_loss"] < 0.5 * before
 
@@ -161,7 +161,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
     split = make_run(tmp_path / "b", 3, micro_batch_size=4)
     logs = [Recorder(), Recorder()]
     for run, tracker in zip((whole, split), logs, strict=True):
-        fit_diffusion(run, tracker, lambda n: None)
+        fit_diffusion(run, tracker, lambda n, **_: None)
     assert_same_weights(split.model, whole.model, rtol=1e-4, atol=1e-6)
     # Adam hides a wrongly scaled gradient from the weights; the logged norm shows it.
     expected = logs[0].metrics[3]
@@ -170,7 +170,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
             assert value == pytest.approx(expected[key], rel=1e-4), key
     with pytest.raises(LdmError, match="multiple of world_size"):
         fit_diffusion(
-            make_run(tmp_path / "c", 3, micro_batch_size=3), NullTracker(), lambda n: None
+            make_run(tmp_path / "c", 3, micro_batch_size=3), NullTracker(), lambda n, **_: None
         )
 
 
@@ -182,7 +182,7 @@ def _ddp_worker(rank: int, port: int, work: str, out: str) -> None:
     try:
         run = make_run(Path(work), 4, dist=dist, micro_batch_size=2)
         tracker = Recorder()
-        fit_diffusion(run, tracker, lambda n: None)
+        fit_diffusion(run, tracker, lambda n, **_: None)
         if dist.is_main:
             weights = {"model": run.model.state_dict(), "ema": run.ema.state_dict()}
             torch.save(weights | {"metrics": tracker.metrics[4]}, out)
@@ -197,7 +197,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path) -> None:
     out = tmp_path / "ddp.pt"
     mp.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp"), str(out)), nprocs=2)
     single, tracker = make_run(tmp_path / "one", 4, micro_batch_size=2), Recorder()
-    fit_diffusion(single, tracker, lambda n: None)
+    fit_diffusion(single, tracker, lambda n, **_: None)
     ddp = torch.load(out, weights_only=True)
     for key, value in tracker.metrics[4].items():  # loss, grad norm and t-bins are global
         if not key.endswith(("images_per_second", "peak_memory_mib")):
@@ -224,7 +224,7 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path: Path
     Exploding.calls = 0
     run = make_run(tmp_path, 6, model=tiny_model(Exploding))
     with pytest.raises(NonFiniteLoss, match="step 3") as info:
-        fit_diffusion(run, NullTracker(), lambda n: None)
+        fit_diffusion(run, NullTracker(), lambda n, **_: None)
     assert "step-00000002" in str(info.value)
 
 
@@ -232,7 +232,7 @@ def test_rollback_reloads_the_last_checkpoint_and_skips_the_bad_batch(tmp_path: 
     Exploding.calls = 0
     run = make_run(tmp_path, 6, model=tiny_model(Exploding), on_non_finite="rollback")
     tracker = Recorder()
-    metrics = fit_diffusion(run, tracker, lambda n: None)
+    metrics = fit_diffusion(run, tracker, lambda n, **_: None)
     assert metrics["train/rollbacks"] == 1 and tracker.metrics[3]["train/rollbacks"] == 1
     assert Exploding.calls == 7  # steps 0-3, step 2 again, step 3 skipped, steps 4-5
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
@@ -243,7 +243,7 @@ def test_rollback_reloads_the_last_checkpoint_and_skips_the_bad_batch(tmp_path: 
             fit_diffusion(
                 make_run(tmp_path / "b", 6, model=tiny_model(Exploding), on_non_finite="rollback"),
                 NullTracker(),
-                lambda n: None,
+                lambda n, **_: None,
             )
     finally:
         Exploding.nan_at = 4
@@ -256,7 +256,7 @@ def test_logs_loss_by_t_bin_and_sample_grids(tmp_path: Path) -> None:
     run = make_run(tmp_path, 20, sample_every=10)
     run.decode = decode
     tracker = Recorder()
-    fit_diffusion(run, tracker, lambda n: None)
+    fit_diffusion(run, tracker, lambda n, **_: None)
     assert sorted(tracker.metrics) == [10, 20]
     logged = tracker.metrics[10]
     by_t = {k: v for k, v in logged.items() if k.startswith("train/loss_t")}

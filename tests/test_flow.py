@@ -15,7 +15,7 @@ from prefect.states import Failed
 from flows.trial import StageFailed, is_transient, trial
 from ldm.config import load
 from ldm.stages import stage_names
-from tests.conftest import set_params
+from tests.conftest import ldm_run, one_variant, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,14 @@ def test_trial_runs_each_stage_through_dvc_then_skips_them(project: Path, prefec
     )
     assert "didn't change, skipping" in repro.stdout
     assert "Running stage" not in repro.stdout
+    metrics = subprocess.run(
+        [sys.executable, "-m", "dvc", "metrics", "show", "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "evaluate@aligned.json" in metrics and "fd_effnet_lite2" in metrics
 
     # A changed param reruns exactly the stage that reads it, and what depends on its output:
     # the aligned variant's branch reruns, the plain one is skipped.
@@ -75,7 +83,13 @@ def test_trial_runs_each_stage_through_dvc_then_skips_them(project: Path, prefec
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     third = trial(str(project))
     reran = [s for s, status in third["stages"].items() if status == "ran"]
-    assert reran == ["train_tokenizer@aligned", "encode@aligned", "train_diffusion@aligned"]
+    assert reran == [
+        "train_tokenizer@aligned",
+        "encode@aligned",
+        "train_diffusion@aligned",
+        "evaluate@aligned",
+        "report",
+    ]
 
 
 def test_data_failure_stops_the_trial_without_retries(project: Path, prefect_server) -> None:
@@ -108,32 +122,34 @@ def test_only_transient_failures_are_retried(error: Exception, retry: bool) -> N
     assert is_transient(None, None, Failed(data=error)) is retry
 
 
-def test_ldm_run_starts_the_flow_and_reports_the_parent_run(
-    project: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
+def test_ldm_run_shows_progress_ends_with_an_answer_and_skips_a_rerun(
+    project: Path, prefect_server
 ) -> None:
-    from prefect.settings import PREFECT_API_URL
-    from typer.testing import CliRunner
-
-    from ldm.cli import app
-
-    # The flow runs in a child process; point it at this session's test server.
-    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
-    # One variant is enough here: the per-variant fan-out is covered by the test above.
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--set",
-            "prepare.shard_size=50",
-            "--set",
-            "variants={plain: {preset: f4d8, align: false}}",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "prepare.shard_size: 64 -> 50" in result.output
+    one_variant(project, **{"promotion.gates.staging.max_relative_fd": 1000.0})
+    result = ldm_run(project, "--set", "prepare.shard_size=50")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "prepare.shard_size: 64 -> 50" in out
     assert "shard_size: 50" in (project / "params.yaml").read_text()
-    lines = result.output.splitlines()
+    lines = out.splitlines()
     assert any(line.split() == ["validate", "ran"] for line in lines)
-    parent_id = next(line.split()[3] for line in lines if line.startswith("MLflow parent run:"))
+    # The stages' own lines reach the terminal as they come, without DVC's git hints.
+    assert any(line.strip().startswith("train_tokenizer@plain  4/4") for line in lines)
+    assert "git add" not in out and "autostage" not in out and "Traceback" not in out
+    # It ends with the answer: the table, the recommendation, the report and the run.
+    assert "Trial answer" in out and "recommended: plain" in out
+    assert "ldm promote 1 --to staging" in out
+    assert f"Report: {project / 'data/reports/report.html'}" in out
+    url = next(line.split()[1] for line in lines if line.startswith("MLflow: "))
+    parent_id = url.rsplit("/", 1)[1]
     (validate_run,) = runs_by_name(project)["validate"]
     assert validate_run.data.tags["mlflow.parentRunId"] == parent_id
+    parent = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(parent_id)
+    assert parent.data.params["set.prepare.shard_size"] == "50"  # reproducible from its record
+    assert parent.data.metrics["cost/usd"] > 0 and parent.data.metrics["cost/plain/usd"] > 0
+
+    again = ldm_run(project)
+    assert again.returncode == 0
+    assert "Nothing changed since the last trial: no stage ran." in again.stdout
+    assert "Trial answer" in again.stdout
+    assert len([n for n in runs_by_name(project) if n.startswith("trial ")]) == 1  # no clutter

@@ -100,3 +100,21 @@ def test_refuses_a_non_empty_folder(tmp_path: Path) -> None:
 def test_writes_into_an_existing_empty_folder(tmp_path: Path) -> None:
     counts = write_sample(tmp_path, per_class=1, size=16, seed=0)
     assert sum(counts.values()) == len(PHOTOS)
+
+
+def test_the_sample_written_for_the_paper_preset_passes_its_validation(tmp_path: Path) -> None:
+    import json
+
+    from ldm import config
+    from ldm.cli.trial import ensure_images
+    from ldm.data.validate import scan
+    from ldm.presets import preset_values
+
+    repo = Path(__file__).resolve().parents[1]
+    values = preset_values(repo / "presets", "paper")
+    cfg = config.load(repo / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    raw = tmp_path / "raw"
+    ensure_images(raw, sample_if_empty=True, resolution=cfg.data.resolution)
+    files = scan(raw, cfg.validate_, workers=1)
+    assert files.height == 1200
+    assert files["reason_code"].unique().to_list() == [""]  # accepted, none too small

@@ -138,6 +138,6 @@ def test_training_on_latent_shards_gives_the_weights_of_training_in_memory(
     in_memory = make_run(tmp_path / "b", 5)
     in_memory.latents, in_memory.labels = LATENTS.half().float(), LABELS  # the stored values
     for r in (on_disk, in_memory):
-        fit_diffusion(r, NullTracker(), lambda n: None)
+        fit_diffusion(r, NullTracker(), lambda n, **_: None)
     assert_same_weights(on_disk.model, in_memory.model, rtol=0, atol=0)
     assert_same_weights(on_disk.ema, in_memory.ema, rtol=0, atol=0)

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from ldm.errors import LdmError
+from ldm.pretrained.effnet import load_effnet_lite
+from ldm.pretrained.perceptual import build_perceptual
 from ldm.tokenizer.discriminator import (
     NLayerDiscriminator,
     adaptive_gan_weight,
     gan_generator_loss,
     hinge_d_loss,
 )
-from ldm.tokenizer.perceptual import build_perceptual, load_effnet_lite
 
 
 @pytest.fixture(scope="module")

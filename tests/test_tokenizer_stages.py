@@ -15,7 +15,7 @@ from ldm.paths import Paths
 from ldm.tokenizer.release import load_tokenizer
 
 runner = CliRunner()
-QUALITY = ("psnr", "ssim", "rfd_effnet_lite2", "cka_effnet_lite0", "perceptual_effnet_lite0")
+QUALITY = ("psnr", "ssim", "rfd_effnet_lite2", "cka_effnet_lite0", "perceptual_effnet_lite2")
 
 
 def invoke(*args: str) -> None:

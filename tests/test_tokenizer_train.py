@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from ldm import checkpoint, config
-from ldm.align import VFProjection, load_foundation
+from ldm.align import VFProjection
 from ldm.data.batches import ImageBatches, to_model_range
+from ldm.errors import LdmError
+from ldm.pretrained.foundation import load_foundation
 from ldm.stages.tokenizer import RESUMABLE_SETTINGS
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
 from ldm.tokenizer.train import Alignment, NonFiniteLoss, TrainRun, fit, learning_rate
@@ -94,14 +96,14 @@ def make_run(
 @pytest.mark.parametrize("aligned", [False, True])
 def test_resume_after_a_kill_gives_the_same_weights(tmp_path: Path, aligned: bool) -> None:
     uninterrupted = make_run(tmp_path / "a", 6, aligned)
-    fit(uninterrupted, NullTracker(), lambda n: None)
+    fit(uninterrupted, NullTracker(), lambda n, **_: None)
 
     with pytest.raises(KeyboardInterrupt):
         fit(make_run(tmp_path / "b", 6, aligned), NullTracker(), killed_after(5))
     assert checkpoint.latest_state(tmp_path / "b").name == "step-00000004"
 
     resumed = make_run(tmp_path / "b", 6, aligned)  # a new process: fresh objects
-    fit(resumed, NullTracker(), lambda n: None)
+    fit(resumed, NullTracker(), lambda n, **_: None)
     assert resumed.history["resumed_from_step"] == 4
     expected = uninterrupted.model.state_dict()
     for name, value in resumed.model.state_dict().items():
@@ -118,7 +120,7 @@ def test_raising_steps_continues_an_interrupted_run(tmp_path: Path) -> None:
     notices: list[str] = []
     longer = make_run(tmp_path, 8, notices=notices, checkpoint_every=3, eval_every=4)
     steps_run = []
-    fit(longer, NullTracker(), steps_run.append)
+    fit(longer, NullTracker(), lambda n, **_: steps_run.append(n))
     assert longer.history["resumed_from_step"] == 4
     assert sum(steps_run) == 8  # 4 resumed, 4 trained
     assert "resuming at step 4" in notices[0]
@@ -126,17 +128,17 @@ def test_raising_steps_continues_an_interrupted_run(tmp_path: Path) -> None:
 
 
 def test_a_finished_run_is_extended_not_restarted(tmp_path: Path) -> None:
-    fit(make_run(tmp_path, 4), NullTracker(), lambda n: None)
+    fit(make_run(tmp_path, 4), NullTracker(), lambda n, **_: None)
     extended = make_run(tmp_path, 6)
-    fit(extended, NullTracker(), lambda n: None)
+    fit(extended, NullTracker(), lambda n, **_: None)
     assert extended.history["resumed_from_step"] == 4
 
 
 def test_a_changed_recipe_restarts_and_keeps_the_old_state(tmp_path: Path) -> None:
-    fit(make_run(tmp_path / "work", 4), NullTracker(), lambda n: None)
+    fit(make_run(tmp_path / "work", 4), NullTracker(), lambda n, **_: None)
     notices: list[str] = []
     changed = make_run(tmp_path / "work", 4, notices=notices, lr=0.001)
-    fit(changed, NullTracker(), lambda n: None)
+    fit(changed, NullTracker(), lambda n, **_: None)
     assert "resumed_from_step" not in changed.history  # a finished run would ignore the new lr
     assert "tokenizer.lr: 0.002 -> 0.001" in notices[0] and "cannot continue" in notices[0]
     assert (tmp_path / "work.set-aside-at-step-4" / "step-00000004").is_dir()
@@ -149,7 +151,7 @@ def test_a_changed_architecture_sets_the_old_state_aside_and_says_why(tmp_path: 
     notices: list[str] = []
     wider = TokenizerArch(**{**ARCH.to_dict(), "ch": 8, "ch_mult": (1, 2)})
     changed = make_run(work, 6, model=Tokenizer(wider), notices=notices)
-    fit(changed, NullTracker(), lambda n: None)
+    fit(changed, NullTracker(), lambda n, **_: None)
     assert "resumed_from_step" not in changed.history
     (notice,) = notices
     assert "architecture" in notice and "cannot continue" in notice
@@ -163,7 +165,7 @@ def test_training_reduces_the_reconstruction_error(tmp_path: Path) -> None:
     run.history.clear()
     with torch.no_grad():
         before = (run.model(to_model_range(IMAGES), sample=False)[0] - to_model_range(IMAGES)).abs()
-    metrics = fit(run, NullTracker(), lambda n: None)
+    metrics = fit(run, NullTracker(), lambda n, **_: None)
     with torch.no_grad():
         after = (run.model(to_model_range(IMAGES), sample=False)[0] - to_model_range(IMAGES)).abs()
     assert after.mean().item() < 0.5 * before.mean().item()
@@ -175,8 +177,8 @@ class Exploding(Tokenizer):
 
     calls = 0
 
-    def forward(self, x, sample=True, generator=None):  # noqa: ANN001, ANN201
-        recon, posterior, z = super().forward(x, sample=sample, generator=generator)
+    def forward(self, x, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        recon, posterior, z = super().forward(x, **kwargs)
         Exploding.calls += 1
         return (recon * float("nan") if Exploding.calls > 3 else recon), posterior, z
 
@@ -186,7 +188,7 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path: Path
     torch.manual_seed(0)
     run = make_run(tmp_path, 6, model=Exploding(ARCH))
     with pytest.raises(NonFiniteLoss, match="step 3") as info:
-        fit(run, NullTracker(), lambda n: None)
+        fit(run, NullTracker(), lambda n, **_: None)
     assert "step-00000002" in str(info.value)
     assert checkpoint.latest_state(tmp_path).name == "step-00000002"
 
@@ -218,3 +220,66 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
     assert learning_rate(tok, 100, 100) == pytest.approx(0.1)
     constant = tok.model_copy(update={"lr_schedule": "constant"})
     assert learning_rate(constant, 50, 100) == pytest.approx(1.0)
+
+
+def test_one_process_trains_in_a_work_folder_at_a_time(tmp_path: Path) -> None:
+    work = tmp_path / "train_tokenizer@plain"
+    with (
+        checkpoint.exclusive(work),
+        pytest.raises(LdmError, match="another process is training"),
+        checkpoint.exclusive(work),
+    ):
+        pass
+    with checkpoint.exclusive(work):  # released when the first one finished
+        pass
+
+
+def test_the_patchgan_loss_reaches_the_generator_after_disc_start(tmp_path: Path) -> None:
+    recorder = Recorder()
+    with_gan = make_run(tmp_path / "gan", 5, disc_weight=0.5, disc_start=2)
+    fit(with_gan, recorder, lambda n, **_: None)
+    without = make_run(tmp_path / "plain", 5)
+    fit(without, NullTracker(), lambda n, **_: None)
+    logged = {key for metrics in recorder.metrics for key in metrics}
+    assert {"train/gan_g", "train/gan_d", "train/gan_adaptive_weight"} <= logged
+    # Same start, same batches: the decoders part only through the GAN term.
+    decoder = "decoder.conv_out.weight"
+    assert not torch.equal(
+        with_gan.model.state_dict()[decoder], without.model.state_dict()[decoder]
+    )
+
+
+def test_two_steps_before_disc_start_match_a_run_without_the_gan(tmp_path: Path) -> None:
+    with_gan = make_run(tmp_path / "gan", 2, disc_weight=0.5, disc_start=2)
+    fit(with_gan, NullTracker(), lambda n, **_: None)
+    without = make_run(tmp_path / "plain", 2)
+    fit(without, NullTracker(), lambda n, **_: None)
+    for name, value in with_gan.model.state_dict().items():
+        torch.testing.assert_close(value, without.model.state_dict()[name], msg=name)
+
+
+def test_the_real_loop_weighs_the_vf_loss_on_the_encoders_last_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ldm.tokenizer.train as loop
+
+    seen: list[torch.Tensor] = []
+    real = loop.adaptive_vf_weight
+
+    def spy(rec, vf, layer_weight, max_value, *rest):  # noqa: ANN001, ANN202
+        seen.append(layer_weight)
+        return real(rec, vf, layer_weight, max_value, *rest)
+
+    monkeypatch.setattr(loop, "adaptive_vf_weight", spy)
+    run = make_run(tmp_path, 2, aligned=True)
+    fit(run, NullTracker(), lambda n, **_: None)
+    assert len(seen) == 2
+    assert all(w is run.model.encoder.conv_out.weight for w in seen)
+
+
+class Recorder(NullTracker):
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, float]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append(metrics)

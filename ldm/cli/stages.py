@@ -26,17 +26,25 @@ def run_stage(
 ) -> None:
     paths = Paths.discover()
     cfg = load_config(paths, params, overrides)
-    from ldm import stages
+    from ldm import launch, stages
 
+    # This same command for one variant: what a stage with world_size > 1 runs under torchrun.
+    command = [stage.replace("_", "-"), *(["--variant", variant] if variant else [])]
+    command += [*(["--params", str(params.resolve())] if params else [])]
+    command += [arg for text in overrides or [] for arg in ("--set", text)]
     try:
-        result = stages.run(stage, cfg, paths, variant)
+        result = stages.run(stage, cfg, paths, variant, command)
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
+    except launch.RanksFailed as err:  # the rank printed its traceback
+        raise fail(f"{stage}: {err}", EXIT_UNEXPECTED) from None
     except Exception:
         traceback.print_exc()
         raise fail(
             f"{stage}: unexpected error (see the traceback above)", EXIT_UNEXPECTED
         ) from None
+    if launch.launched_here():  # one rank of several: the command that started them reports
+        return
     shown = {k: v for k, v in result.metrics.items() if not k.startswith("n_rejected_")}
     name = f"{stage}@{variant}" if variant else stage
     numbers = {k: v for k, v in shown.items() if isinstance(v, int | float)}
@@ -85,3 +93,17 @@ def train_diffusion(
 ) -> None:
     """Train LightningDiT on a variant's latents (under torchrun: DDP over the GPUs)."""
     run_per_variant("train_diffusion", params, overrides, variant)
+
+
+@app.command()
+def evaluate(
+    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+) -> None:
+    """Measure a variant's generator: gFD with its reference lines, precision/recall, cost."""
+    run_per_variant("evaluate", params, overrides, variant)
+
+
+@app.command()
+def report(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Write the trial's report, register each generator, recommend one for promotion."""
+    run_stage("report", params, overrides)

@@ -1,4 +1,4 @@
-"""Commands around the pipeline: sampling, the bundled data, presets, the config, the UI."""
+"""Commands around the pipeline: sampling, the bundled data, presets, the config."""
 
 from __future__ import annotations
 
@@ -24,17 +24,28 @@ from ldm.paths import Paths
 @app.command("sample")
 def sample_images(
     out: Annotated[Path, typer.Argument(help="A .png file for a grid, or a folder for files.")],
-    variant: Annotated[str, typer.Option(help="Which variant's diffusion model.")] = "aligned",
+    variant: Annotated[
+        str | None, typer.Option(help="Which variant's diffusion model [default: aligned].")
+    ] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
             help="A diffusion release folder [default: data/checkpoints/diffusion-VARIANT]."
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A registered generator instead, e.g. models:/ldm-generator@production; it "
+            "samples with its own settings, seeded by sample.seed."
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("-n", min=1, help="Number of images.")] = 16,
     class_name: Annotated[
         str | None,
-        typer.Option("--class", help="Draw only this class [default: the classes in turn]."),
+        typer.Option(
+            "--class", help="Draw only this class, by name or id [default: the classes in turn]."
+        ),
     ] = None,
     params: ParamsOption = None,
     overrides: SetOption = None,
@@ -42,20 +53,31 @@ def sample_images(
     """Generate images with a trained diffusion model (sampler settings: `sample` section)."""
     paths = Paths.discover()
     cfg = load_config(paths, params, overrides)
+    if model is not None and (variant is not None or checkpoint is not None):
+        raise fail("--model replaces --variant and --checkpoint; give one of them", EXIT_USAGE)
     from PIL import Image
 
-    from ldm.devices import pick_device
-    from ldm.generate import generate, image_grid
+    from ldm.generate import image_grid
 
     try:
-        images = generate(
-            checkpoint or paths.diffusion(variant),
-            paths.root,
-            n,
-            class_name,
-            cfg.sample,
-            pick_device(cfg.diffusion.device),
-        )
+        if model is not None:
+            from ldm.tracking.pyfunc import sample_registered
+            from ldm.tracking.registry import load_registered
+
+            generator, _ = load_registered(paths.root, model)
+            images = sample_registered(generator, n, class_name, cfg.sample.seed)
+        else:
+            from ldm.devices import pick_device
+            from ldm.generate import generate
+
+            images = generate(
+                checkpoint or paths.diffusion(variant or "aligned"),
+                paths.root,
+                n,
+                class_name,
+                cfg.sample,
+                pick_device(cfg.diffusion.device),
+            )
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
     if out.suffix.lower() == ".png":
@@ -94,18 +116,13 @@ def preset(name: Annotated[str, typer.Argument(help="A file in presets/, e.g. pa
     """Write a named preset's values into params.yaml (validated first; comments kept)."""
     import json
 
-    import yaml
-
     from ldm.params_file import write_overrides
+    from ldm.presets import preset_values
 
     paths = Paths.discover()
-    source = paths.root / "presets" / f"{name}.yaml"
-    if not source.is_file():
-        known = sorted(p.stem for p in (paths.root / "presets").glob("*.yaml"))
-        raise fail(f"no preset {name!r} in {source.parent}; known: {known}", EXIT_USAGE)
-    values = yaml.safe_load(source.read_text())
-    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
     try:
+        values = preset_values(paths.root / "presets", name)
+        overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
         changes = write_overrides(paths.root / "params.yaml", overrides)
     except ConfigError as err:
         raise fail(str(err), EXIT_USAGE) from None
@@ -121,30 +138,3 @@ def show_config(params: ParamsOption = None, overrides: SetOption = None) -> Non
 
     cfg = load_config(Paths.discover(), params, overrides)
     typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
-
-
-@app.command()
-def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> None:
-    """Open the MLflow UI on the project's tracking store."""
-    import subprocess
-    import sys
-
-    from ldm.tracking import tracking_uri
-
-    uri = tracking_uri(Paths.discover().root)
-    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl+C to stop)")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        check=False,
-    )

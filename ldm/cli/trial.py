@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from ldm.cli.common import EXIT_USER, SetOption, app, fail, load_config
+from ldm.cli.common import (
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    EXIT_USER,
+    SetOption,
+    app,
+    fail,
+    load_config,
+)
 from ldm.cli.tools import sample_data
 from ldm.paths import Paths
 
@@ -15,6 +23,14 @@ from ldm.paths import Paths
 @app.command()
 def run(
     overrides: SetOption = None,
+    params: Annotated[
+        Path | None,
+        typer.Option(
+            "--params",
+            help="Run with this params file: it is validated, then replaces params.yaml "
+            "(the pipeline's file; the previous one is kept under .ldm/params-history/).",
+        ),
+    ] = None,
     sample_if_empty: Annotated[
         bool,
         typer.Option(
@@ -25,24 +41,88 @@ def run(
     """Run the whole trial as a Prefect flow; each stage runs through `dvc repro`.
 
     --set values are written into params.yaml first (as `dvc exp run -S` does), so DVC and the
-    records agree on what ran. Stages whose inputs did not change are skipped.
+    records agree on what ran. Stages whose inputs did not change are skipped; when nothing
+    changed at all, nothing runs and the last trial's answer is shown again.
     """
-    from ldm.params_file import write_overrides
+    from ldm import tracking
+    from ldm.errors import LdmError
+    from ldm.params_file import replace_params, write_overrides
+    from ldm.trial_lock import trial_lock
 
     paths = Paths.discover()
-    params = paths.root / "params.yaml"
-    cfg = load_config(paths, params, overrides)
-    ensure_images(paths.resolve(cfg.data.raw_dir), sample_if_empty)
-    if overrides:
-        for line in write_overrides(params, overrides):
-            typer.echo(line)
-    outcome = start_trial_flow(paths.root)
+    params_path = paths.root / "params.yaml"
+    cfg = load_config(paths, params, overrides)  # exit 2 on a bad file, before any change
+    try:
+        tracking.check_store(paths.root)
+        with trial_lock(paths.root, "ldm run"):
+            ensure_images(paths.resolve(cfg.data.raw_dir), sample_if_empty, cfg.data.resolution)
+            if params is not None:
+                typer.echo(replace_params(params_path, params))
+            if overrides:
+                for line in write_overrides(params_path, overrides):
+                    typer.echo(line)
+            if nothing_changed(paths.root):
+                typer.echo("Nothing changed since the last trial: no stage ran.")
+                show_answer(paths.root, last_trial(paths.root))
+                return
+            outcome = start_trial_flow(paths.root, overrides or [])
+    except LdmError as err:
+        raise fail(str(err), EXIT_USER) from None
+    record_trial(paths.root, outcome)
+    show_answer(paths.root, outcome)
+
+
+def nothing_changed(root: Path) -> bool:
+    """True when every stage is up to date and a trial already recorded the result."""
+    import json
+    import subprocess
+    import sys
+
+    if last_trial(root) is None:
+        return False
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return status.returncode == 0 and json.loads(status.stdout or "{}") == {}
+
+
+def last_trial(root: Path) -> dict | None:
+    import json
+
+    record = root / ".ldm" / "last-trial.json"
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def record_trial(root: Path, outcome: dict) -> None:
+    import json
+
+    from ldm.trial_lock import state_folder
+
+    (state_folder(root) / "last-trial.json").write_text(json.dumps(outcome, indent=2))
+
+
+def show_answer(root: Path, outcome: dict | None) -> None:
+    """The trial's answer: what ran, the report's summary, where to look next."""
+    from ldm import tracking
+
+    if outcome is None:
+        return
     for stage, status in outcome["stages"].items():
-        typer.echo(f"  {stage:<16} {status}")
-    typer.echo(f"MLflow parent run: {outcome['mlflow_parent_run_id']}  (browse with `ldm ui`)")
+        typer.echo(f"  {stage:<28} {status}")
+    summary = root / "data" / "reports" / "summary.json"
+    if summary.is_file():
+        from ldm.cli.summary import print_summary
+
+        print_summary(summary)
+    run_id, experiment_id = outcome["mlflow_parent_run_id"], outcome["mlflow_experiment_id"]
+    typer.echo(f"MLflow: {tracking.run_url(root, experiment_id, run_id)}  (serve it: `ldm ui`)")
 
 
-def ensure_images(raw_dir: Path, sample_if_empty: bool) -> None:
+def ensure_images(raw_dir: Path, sample_if_empty: bool, resolution: int) -> None:
     """Fail early, or write the sample, when the data folder cannot feed a trial."""
     from ldm.data.validate import dvc_blockers
 
@@ -56,7 +136,9 @@ def ensure_images(raw_dir: Path, sample_if_empty: bool) -> None:
             f"{raw_dir} holds no files: writing the bundled sample dataset there and "
             "using it. To trial your own images, replace it with them."
         )
-        sample_data(raw_dir)
+        # Crops at least as large as the trial's resolution pass `validate.min_side` (the paper
+        # preset asks for 256 px).
+        sample_data(raw_dir, size=max(128, resolution))
     blockers = dvc_blockers(raw_dir)
     if blockers:
         listed = "\n".join(f"  {raw_dir / path}" for path in blockers[:20])
@@ -68,16 +150,26 @@ def ensure_images(raw_dir: Path, sample_if_empty: bool) -> None:
         )
 
 
-def start_trial_flow(root: Path) -> dict:
-    """Run `python -m flows.trial` in its own process: `ldm` itself never imports Prefect."""
+def start_trial_flow(root: Path, overrides: list[str]) -> dict:
+    """Run `python -m flows.trial` in its own process: `ldm` itself never imports Prefect.
+
+    Its output (every stage's progress and result lines) goes straight to this terminal;
+    Prefect's run logs go to its API only (see flows/__init__.py), its other lines are kept
+    to warnings.
+    """
     import json
     import os
     import subprocess
     import sys
     import tempfile
 
-    # Prefect's local server keeps its run history in the project unless a server is configured.
-    env = {"PREFECT_HOME": str(root / ".prefect"), **os.environ}
+    env = {
+        # Prefect's local server keeps its run history in the project unless one is configured.
+        "PREFECT_HOME": str(root / ".prefect"),
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+    }
     with tempfile.TemporaryDirectory() as scratch:
         result_file = Path(scratch) / "trial.json"
         command = [
@@ -88,11 +180,16 @@ def start_trial_flow(root: Path) -> dict:
             "--result-file",
             str(result_file),
         ]
+        command += [arg for override in overrides for arg in ("--set", override)]
         flow = subprocess.run(command, env=env, check=False)
         if flow.returncode != 0 or not result_file.is_file():
+            code = (
+                flow.returncode if flow.returncode in (EXIT_USER, EXIT_USAGE) else EXIT_UNEXPECTED
+            )
             raise fail(
-                "the trial failed (the log above names the stage and why). The trial's "
-                "MLflow run holds what ran before it: `ldm ui`.",
-                EXIT_USER,
+                "the trial stopped (the lines above name the stage and why). Its MLflow run "
+                "holds what ran before: `ldm ui`. Fix the cause and `ldm run` again: finished "
+                "stages are skipped and training resumes from its last checkpoint.",
+                code,
             )
         return json.loads(result_file.read_text())

@@ -78,19 +78,22 @@ class ImageBatches:
         x[flip] = x[flip].flip(-1)
         return x
 
+    def keys(self, step: int) -> torch.Tensor:
+        """The keys of batch `step` (see `batch`) without reading a pixel: a DDP rank reads
+        only its own slice of the global batch with `pictures`."""
+        idx = torch.from_numpy(self.indices(step))
+        flip = torch.zeros(len(idx), dtype=torch.bool)
+        if self.hflip:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * step + 1)
+            flip = torch.rand(len(idx), generator=g) < 0.5
+        return idx * 2 + flip.long()
+
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] (B, 3, H, W), labels (B,) and keys (B,) for step `step`.
 
         A key names the exact picture shown, 2·index + flipped, so per-image features can be
         cached across epochs.
         """
-        idx = self.indices(step)
-        order = np.argsort(idx)  # sorted reads are kinder to memory-mapped shards
-        x = to_model_range(self.images[idx[order]])[np.argsort(order)]
-        y = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.int64))
-        flip = torch.zeros(len(idx), dtype=torch.bool)
-        if self.hflip:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * step + 1)
-            flip = torch.rand(len(idx), generator=g) < 0.5
-            x[flip] = x[flip].flip(-1)
-        return x, y, torch.from_numpy(idx) * 2 + flip.long()
+        keys = self.keys(step)
+        y = torch.from_numpy(np.asarray(self.labels[(keys // 2).numpy()], dtype=np.int64))
+        return self.pictures(keys), y, keys

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 from PIL import Image
 
 from ldm.data.images import decode_rgb
@@ -77,6 +76,8 @@ def _load_one(task: Task) -> np.ndarray:
 
 
 def _read_manifest(manifest_path: Path) -> list[dict[str, Any]]:
+    import polars as pl  # here: training reads shards (load_split) on hosts without polars
+
     if not manifest_path.is_file():
         raise DataError(f"{manifest_path}: manifest not found; run `ldm validate` first")
     try:

@@ -4,7 +4,8 @@ Every read maps the shards it touches (`np.load(mmap_mode="r")`), copies the row
 the mapping again. A mapping held open keeps each page it ever touched in the process's resident
 set, so one pass over a 20 GB split would show as 20 GB of RSS (and count against a container's
 memory limit) although the kernel could drop those pages; mapped per read, only the rows asked for
-stay. Mapping a shard costs about 60 µs, small next to a training step that reads from it.
+stay. Mapping afresh costs little: gathering a random batch of 64 images at 256 px from the
+shards took 4 % of the time that converting the batch to float takes (measured in one run).
 """
 
 from __future__ import annotations

@@ -32,9 +32,11 @@ from ldm import checkpoint
 from ldm.data.batches import to_uint8
 from ldm.diffusion.flow import flow_loss, interpolate, sample_t, velocity_target
 from ldm.diffusion.model import LightningDiT
+from ldm.diffusion.probe import ConvergenceProbe
 from ldm.diffusion.sample import sample
 from ldm.distributed import Dist, all_reduce_mean, barrier
 from ldm.errors import LdmError
+from ldm.seeds import stream_seed
 
 if TYPE_CHECKING:  # the config module imports pydantic and yaml; the loop only needs the types
     from ldm.config import DiffusionConfig, SampleConfig
@@ -72,6 +74,7 @@ class DiffusionRun:
     decode: Callable[[Tensor], Tensor] | None = None  # latents -> images (B, 3, H, W) in [-1, 1]
     history: dict[str, float] = field(default_factory=dict)
     ema: nn.Module | None = None  # set by fit_diffusion on rank 0: the weights later stages use
+    probe: ConvergenceProbe | None = None  # the convergence curve, measured at sample steps
 
 
 def warmup_then_decay(base_lr: float, schedule: str, warmup: int, step: int, total: int) -> float:
@@ -81,11 +84,6 @@ def warmup_then_decay(base_lr: float, schedule: str, warmup: int, step: int, tot
         return base_lr * warm
     progress = max(0.0, step - warmup) / max(1, total - warmup)
     return base_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def stream_seed(*parts: int) -> int:
-    """A 64-bit seed mixed from (seed, index, stream): neighbouring steps get unrelated streams."""
-    return int(np.random.SeedSequence([p % 2**64 for p in parts]).generate_state(1, np.uint64)[0])
 
 
 @functools.lru_cache(maxsize=4)
@@ -249,6 +247,9 @@ def fit_diffusion(
     state = _resume(run, modules, optimizer)
     start, skipped = int(state.get("step", 0)), set(state.get("skipped", []))
     past_gpu_hours = float(state.get("gpu_hours", 0.0))
+    past_compute_hours = float(state.get("compute_hours", 0.0))
+    if run.probe is not None and "curve" in state:
+        run.probe.load(state["curve"])
     progress(start)
 
     net = model
@@ -257,9 +258,17 @@ def fit_diffusion(
     forward = torch.compile(net) if cfg.compile and cuda else net
     clock = window_clock = time.perf_counter()
 
+    cpu_clock = time.process_time()
+
     def gpu_hours() -> float:
         hours = dist.world_size * (time.perf_counter() - clock) / 3600 if cuda else 0.0
         return past_gpu_hours + hours
+
+    def compute_hours() -> float:
+        """What the convergence curve is plotted against: GPU-hours, or CPU-hours on a CPU."""
+        if cuda:
+            return gpu_hours()
+        return past_compute_hours + dist.world_size * (time.process_time() - cpu_clock) / 3600
 
     def log_window(done: int, lr: float) -> None:
         nonlocal sums, window, window_clock, final_loss
@@ -278,6 +287,10 @@ def fit_diffusion(
     def log_samples(done: int) -> None:
         if ema is not None and run.decode is not None:
             tracker.log_image(sample_grid(ema, run), key="samples", step=done)
+        if ema is not None and run.probe is not None:
+            hours = compute_hours()
+            fd = run.probe(ema, done, hours)
+            tracker.log_metrics({run.probe.metric: fd, "curve/compute_hours": hours}, step=done)
 
     bins = torch.zeros(2, T_BINS, device=device)  # loss sums and counts per t-bin, this window
     sums = {"train/loss": 0.0, "train/grad_norm": 0.0}
@@ -333,7 +346,7 @@ def fit_diffusion(
             done = step + 1
             if done % LOG_EVERY == 0 or done == cfg.steps:
                 log_window(done, lr)
-            if done % cfg.sample_every == 0 and done < cfg.steps:
+            if done % cfg.sample_every == 0 or done == cfg.steps:
                 log_samples(done)
             # The last step is saved too, so that raising the steps later extends this run.
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
@@ -341,16 +354,18 @@ def fit_diffusion(
                     extra = {"optimizer": _cpu_state(optimizer)}
                     extra |= checkpoint.resume_metadata(run.identity, run.settings)
                     extra |= {"skipped": sorted(skipped), "gpu_hours": gpu_hours()}
+                    extra |= {"compute_hours": compute_hours()}
+                    if run.probe is not None:
+                        extra["curve"] = run.probe.state()
                     checkpoint.save_state(run.work_dir, done, modules, extra)
                 barrier()  # no rank runs ahead of a resume point it might roll back to
-            progress(1)
+            progress(1, loss=final_loss)
             step += 1
     finally:
         if embedder is not None:
             embedder.dropout = drop_rate
     if window:  # the last step was a skipped one: log what the window holds
         log_window(cfg.steps, lr)
-    log_samples(cfg.steps)
     seconds = time.perf_counter() - clock
     run.ema = ema
     run.history["train/images_per_second"] = images_seen / seconds if seconds > 0 else 0.0

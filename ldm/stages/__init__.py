@@ -7,27 +7,39 @@ metrics (also written to `data/metrics/<stage>.json` for `dvc metrics show`) and
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from ldm import launch
 from ldm.config import Config
-from ldm.cost import CostMeter
-from ldm.errors import DataError
+from ldm.cost import CostMeter, device_of_this_process
+from ldm.errors import DataError, LdmError
+from ldm.files import write_json_atomic
 from ldm.paths import Paths
-from ldm.stages import encode, prepare, tokenizer, train_diffusion, validate
 from ldm.stages.result import StageResult
 
 
 @dataclass(frozen=True)
 class Stage:
-    function: Callable[..., StageResult]  # (cfg, paths, tracker[, variant]) -> StageResult
+    # The module and function that compute the stage, imported when it runs: a stage process
+    # then loads only what its own stage needs (validate never imports torch).
+    module: str
+    name: str
     # The params it reads that change what it writes: its DVC params (a test keeps them equal)
     # and, by section, the params logged with its run. `variants.${key}` is the variant's entry.
     params: tuple[str, ...]
     per_variant: bool = False  # one run per tokenizer variant in `variants`: name@variant
+    # data/metrics/<name>.json for `dvc metrics show`; report reads that folder whole, so its
+    # numbers stay in its own output (data/reports/summary.json) and MLflow.
+    writes_metrics_file: bool = True
+
+    @property
+    def function(self) -> Callable[..., StageResult]:  # (cfg, paths, tracker[, variant])
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.name)
 
     @property
     def sections(self) -> list[str]:
@@ -37,12 +49,15 @@ class Stage:
 # The pipeline's stages in DAG order. dvc.yaml and the Prefect flow use the same names
 # (tests/test_wiring.py checks it); per-variant stages are DVC `foreach` stages.
 STAGES: dict[str, Stage] = {
-    "validate": Stage(validate.validate, ("data.raw_dir", "validate")),
+    "validate": Stage("ldm.stages.validate", "validate", ("data.raw_dir", "validate")),
     "prepare": Stage(
-        prepare.prepare, ("data.raw_dir", "data.resolution", "data.val_fraction", "prepare")
+        "ldm.stages.prepare",
+        "prepare",
+        ("data.raw_dir", "data.resolution", "data.val_fraction", "prepare"),
     ),
     "train_tokenizer": Stage(
-        tokenizer.train_tokenizer,
+        "ldm.stages.tokenizer",
+        "train_tokenizer",
         (
             "variants.${key}",
             "data.resolution",
@@ -56,12 +71,35 @@ STAGES: dict[str, Stage] = {
         per_variant=True,
     ),
     "encode": Stage(
-        encode.encode,
+        "ldm.stages.encode",
+        "encode",
         ("tokenizer.device", "evaluate.batch_size", "prepare.shard_size"),
         per_variant=True,
     ),
     "train_diffusion": Stage(
-        train_diffusion.train_diffusion, ("diffusion", "sample"), per_variant=True
+        "ldm.stages.train_diffusion",
+        "train_diffusion",
+        (
+            "diffusion",
+            "sample",
+            "evaluate.features",  # the convergence curve's FD
+            "evaluate.features_weights",
+            "evaluate.features_sha256",
+            "evaluate.batch_size",
+        ),
+        per_variant=True,
+    ),
+    "evaluate": Stage(
+        "ldm.stages.evaluate",
+        "evaluate",
+        ("evaluate", "sample", "diffusion.device"),
+        per_variant=True,
+    ),
+    "report": Stage(
+        "ldm.stages.report",
+        "report",
+        ("report", "promotion", "registry", "sample", "tracking.experiment"),
+        writes_metrics_file=False,
     ),
 }
 
@@ -74,15 +112,18 @@ def stage_names(cfg: Config) -> list[str]:
     return names
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def run(
+    stage: str,
+    cfg: Config,
+    paths: Paths,
+    variant: str | None = None,
+    command: list[str] | None = None,
+) -> StageResult:
+    """Run one stage with tracking and cost metering; raise DataError if its data failed checks.
 
-
-def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> StageResult:
-    """Run one stage with tracking and cost metering; raise DataError if its data failed checks."""
+    `command` is the `ldm` command line that starts this stage again: a stage whose world_size
+    is above 1 relaunches itself with it under torchrun (ldm/launch.py).
+    """
     from ldm import tracking
 
     spec = STAGES[stage]
@@ -90,26 +131,79 @@ def run(stage: str, cfg: Config, paths: Paths, variant: str | None = None) -> St
         raise DataError(f"{stage} runs per variant: pick one of {list(cfg.variants)} (--variant)")
     name = f"{stage}@{variant}" if spec.per_variant else stage
     args = (variant,) if spec.per_variant else ()
-    if int(os.environ.get("RANK", "0")) != 0:
-        # Under torchrun only rank 0 records; the other ranks train and stay silent.
-        return spec.function(cfg, paths, tracking.NullTracker(), *args)
-    with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
-        tracker.log_params(
-            {section: cfg.section(section) for section in spec.sections}
-            | (
-                {"variant": {"name": variant} | cfg.section("variants")[variant]}
-                if spec.per_variant
-                else {}
+    try:
+        if launch.launched_here():  # one rank of a job the stage command started: rank 0 logs
+            run_id = os.environ[launch.STAGE_RUN_ENV]
+            tracker = (
+                tracking.attach(paths.root, run_id) if launch.is_main() else tracking.NullTracker()
             )
-        )
+            return launch.run_rank(lambda t: spec.function(cfg, paths, t, *args), tracker)
+        if launch.under_torchrun() and not launch.is_main():
+            # Started by hand under torchrun: only rank 0 records; the others train silently.
+            return spec.function(cfg, paths, tracking.NullTracker(), *args)
+        processes = launch.world_size(stage, cfg.section)
+        if processes > 1 and not launch.under_torchrun():
+            if command is None:
+                raise LdmError(f"{name}: world_size {processes} needs its command to relaunch")
+            launch.check_devices(stage, cfg.section)
+        return _run_recorded(spec, name, args, cfg, paths, processes, command)
+    except OSError as err:
+        if err.errno not in CANNOT_WRITE:
+            raise
+        raise LdmError(
+            f"{name}: cannot write {err.filename or 'its output'}: {err.strerror}. Free disk "
+            f"space or make {paths.data} writable, then run it again: finished work is kept, "
+            "and training resumes from its last complete checkpoint (a checkpoint is only "
+            "ever read once it was written whole)."
+        ) from err
+
+
+# Errors that mean the disk or a folder refuses the stage's output, not a bug to retry.
+CANNOT_WRITE = {
+    errno.ENOSPC,  # disk full
+    errno.EDQUOT,
+    errno.EACCES,  # a folder without write permission
+    errno.EPERM,
+    errno.EROFS,  # a read-only mount
+    errno.ENOTDIR,  # a file where an output folder should be
+    errno.EEXIST,
+}
+
+
+def _run_recorded(
+    spec: Stage,
+    name: str,
+    args: tuple,
+    cfg: Config,
+    paths: Paths,
+    processes: int,
+    command: list[str] | None,
+) -> StageResult:
+    from ldm import tracking
+
+    with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
+        params = {section: cfg.section(section) for section in spec.sections}
+        if spec.per_variant:
+            (variant,) = args
+            params["variant"] = {"name": variant} | cfg.section("variants")[variant]
+        tracker.log_params(params)
         with CostMeter(cfg.cost) as meter:
-            result = spec.function(cfg, paths, tracker, *args)
-        metrics = result.metrics | meter.metrics()
-        write_json_atomic(paths.stage_metrics(name), metrics)
-        tracker.log_metrics(metrics)
+            if processes > 1 and not launch.under_torchrun():
+                result, devices = launch.relaunch(command, processes, tracker.run_id)
+            else:
+                result = spec.function(cfg, paths, tracker, *args)
+                devices = device_of_this_process(int(os.environ.get("WORLD_SIZE", "1")))
+        metrics = result.metrics | meter.metrics(devices)
+        content = metrics
+        if result.document is not None:
+            content, metrics = result.document(metrics)
+        if spec.writes_metrics_file:
+            write_json_atomic(paths.stage_metrics(name), content)
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         for artifact in result.artifacts:
             tracker.log_artifact(artifact)
-        tracker.set_tags({"ldm.outcome": "failed" if result.problems else "passed"})
+        outcome = "failed" if result.problems else "passed"
+        tracker.set_tags({"ldm.outcome": outcome, "cost.device_kind": devices.kind})
         if result.problems:
             listed = "\n".join(f"  - {p}" for p in result.problems)
             raise DataError(

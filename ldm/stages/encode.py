@@ -39,7 +39,10 @@ def encode(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageRe
     shutil.rmtree(tmp, ignore_errors=True)
     # Latents go to disk a shard at a time: memory holds one batch and one shard, whatever N.
     writer = LatentShardWriter(tmp, cfg.prepare.shard_size)
-    with progress_bar(f"encode@{variant}", 2 * len(images)) as advance, torch.no_grad():
+    with (
+        progress_bar(f"encode@{variant}", 2 * len(images), images_per_unit=1) as advance,
+        torch.no_grad(),
+    ):
         for flip in (False, True):  # the mirror images double the data for free
             for start in range(0, len(images), batch):
                 x = to_model_range(images[start : start + batch]).to(device)

@@ -6,13 +6,14 @@ Each ends the same way: latent statistics over the train split stored in the tok
 reconstruction quality on the val split, and a release folder
 `data/checkpoints/tokenizer-<variant>/` (`model.safetensors` + `config.json`). Every variant also
 measures how close its latents are to the foundation model's features (linear CKA), so plain
-and aligned variants are compared on that axis too.
+and aligned variants are compared on that axis too. With tokenizer.world_size > 1 the stage runs
+under torchrun: every rank trains its slice of each batch, rank 0 alone measures and releases.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from contextlib import nullcontext
 
 from ldm.config import Config
 from ldm.devices import pick_device
@@ -44,13 +45,15 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     import torch
 
     from ldm import checkpoint
-    from ldm.align import VFProjection, load_foundation
+    from ldm.align import VFProjection
     from ldm.data.batches import ImageBatches, check_images
     from ldm.data.prepare import load_split
-    from ldm.evaluate import load_eval_features
+    from ldm.distributed import cleanup, init_distributed
+    from ldm.pretrained.features import load_eval_features
+    from ldm.pretrained.foundation import load_foundation
+    from ldm.pretrained.perceptual import build_perceptual, load_perceptual_metric
     from ldm.tokenizer.evaluation import latent_statistics, measure_reconstruction
     from ldm.tokenizer.model import Tokenizer, arch_from_preset
-    from ldm.tokenizer.perceptual import build_perceptual
     from ldm.tokenizer.train import Alignment, TrainRun, fit
 
     tok, align, v = cfg.tokenizer, cfg.align, cfg.variant(variant)
@@ -72,15 +75,18 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         "tokenizer", cfg.section("tokenizer"), RESUMABLE_SETTINGS
     )
     device = pick_device(tok.device)
+    dist = init_distributed(device.type)  # under torchrun: one rank of tokenizer.world_size
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     torch.manual_seed(tok.seed)  # the initial weights
     arch = arch_from_preset(v.preset, cfg.data.resolution, v.latent_channels)
     model = Tokenizer(arch)
-    perceptual = build_perceptual(tok.perceptual, _local(paths, tok.lpips_vgg_weights))
+    perceptual = build_perceptual(tok.perceptual, paths.local(tok.lpips_vgg_weights))
     if perceptual is not None:
         perceptual.to(device)
     # Loaded for plain variants too: their CKA to it is the baseline the aligned ones beat.
     foundation = load_foundation(
-        v.foundation, _local(paths, align.foundation_weights), align.foundation_sha256
+        v.foundation, paths.local(align.foundation_weights), align.foundation_sha256
     ).to(device)
     alignment = None
     if v.align:
@@ -114,17 +120,35 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         settings=resumable,
         device=device,
         notice=notice,
+        dist=dist,
     )
-    with progress_bar(stage, tok.steps) as advance:
-        metrics = fit(run, tracker, advance)
+    try:
+        bar = (
+            progress_bar(stage, tok.steps, images_per_unit=tok.batch_size)
+            if dist.is_main
+            else nullcontext(lambda n, **_: None)
+        )
+        alone = checkpoint.exclusive(run.work_dir) if dist.is_main else nullcontext()
+        with alone, bar as advance:
+            metrics = fit(run, tracker, advance)
+    finally:
+        cleanup()
+    if not dist.is_main:  # rank 0 alone measures and releases, with no process group to time out
+        return StageResult({}, [])
 
     mean, std = latent_statistics(model, train_images, device, tok.batch_size)
     model.set_latent_stats(mean, std)
     eval_net = load_eval_features(
-        cfg.evaluate.features, _local(paths, cfg.evaluate.features_weights)
+        cfg.evaluate.features,
+        paths.local(cfg.evaluate.features_weights),
+        cfg.evaluate.features_sha256,
+    ).to(device)
+    # never the loss's network: a distance in the network trained against flatters the model
+    perceptual_metric = load_perceptual_metric(
+        tok.perceptual, paths.local(tok.lpips_vgg_weights)
     ).to(device)
     metrics |= measure_reconstruction(
-        model, val_images, device, cfg.evaluate.batch_size, perceptual, eval_net, foundation
+        model, val_images, device, cfg.evaluate.batch_size, perceptual_metric, eval_net, foundation
     )
     release = paths.tokenizer(variant)
     checkpoint.save_release(
@@ -142,8 +166,3 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         },
     )
     return StageResult(metrics, [release / "config.json"])
-
-
-def _local(paths: Paths, path: Path | None) -> Path | None:
-    """A weights path from params.yaml, relative to the project root; None stays None."""
-    return None if path is None else paths.resolve(path)

@@ -7,11 +7,13 @@ scale.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from ldm.config import Config
 from ldm.devices import pick_device
 from ldm.errors import DataError
+from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.progress import notice, progress_bar
 from ldm.stages.inputs import released_tokenizer
@@ -19,7 +21,10 @@ from ldm.stages.result import StageResult
 from ldm.tracking import Tracker
 
 if TYPE_CHECKING:
-    pass
+    import torch
+
+    from ldm.diffusion.probe import ConvergenceProbe
+    from ldm.tokenizer.model import Tokenizer
 
 
 # Settings that change how a run goes, not what it computes: a run resumes across changes to
@@ -50,6 +55,7 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     from ldm.diffusion import create_model
     from ldm.diffusion.train import DiffusionRun, fit_diffusion
     from ldm.distributed import cleanup, init_distributed
+    from ldm.records import ConvergenceCurve
 
     diff = cfg.diffusion
     folder = paths.latents(variant)
@@ -99,8 +105,16 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         decode=tokenizer.decode,
         notice=notice,
     )
+    if dist.is_main:  # rank 0 alone samples and measures
+        run.probe = convergence_probe(cfg, paths, tokenizer, num_classes, device)
     try:
-        with progress_bar(f"train_diffusion@{variant}", diff.steps) as advance:
+        alone = checkpoint.exclusive(run.work_dir) if dist.is_main else nullcontext()
+        with (
+            alone,
+            progress_bar(
+                f"train_diffusion@{variant}", diff.steps, images_per_unit=diff.batch_size
+            ) as advance,
+        ):
             metrics = fit_diffusion(run, tracker, advance)
         if dist.is_main:
             checkpoint.save_release(
@@ -115,6 +129,47 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
                     "ema_decay": diff.ema_decay,
                 },
             )
+            curve = ConvergenceCurve(
+                variant=variant,
+                feature_net=cfg.evaluate.features,
+                compute_unit="gpu_hours" if device.type == "cuda" else "cpu_hours",
+                num_samples=diff.curve_samples,
+                points=run.probe.points,
+            )
+            write_json_atomic(paths.convergence(variant), curve.model_dump())
     finally:
         cleanup()
     return StageResult(metrics, [paths.diffusion(variant) / "config.json"])
+
+
+def convergence_probe(
+    cfg: Config, paths: Paths, tokenizer: Tokenizer, num_classes: int, device: torch.device
+) -> ConvergenceProbe:
+    """FD of a fixed set of EMA samples against the val split, in evaluate.features space."""
+
+    from ldm.data.prepare import load_split
+    from ldm.diffusion.probe import ConvergenceProbe
+    from ldm.metrics.extract import batches_of, extract_features
+    from ldm.metrics.frechet import feature_stats, frechet_distance, metric_name
+    from ldm.pretrained.features import load_eval_features
+
+    ev = cfg.evaluate
+    net = load_eval_features(ev.features, paths.local(ev.features_weights), ev.features_sha256)
+    net = net.to(device)
+    val_images = load_split(paths.prepared, "val")[0]
+    reference = feature_stats(extract_features(net, batches_of(val_images, ev.batch_size)))
+
+    def score(images: torch.Tensor) -> float:  # [-1, 1] (N, 3, H, W) -> FD vs the val split
+        generated = extract_features(net, batches_of(images, ev.batch_size))
+        return frechet_distance(*feature_stats(generated), *reference)
+
+    return ConvergenceProbe(
+        score=score,
+        metric=f"curve/{metric_name(net.name)}",
+        num_samples=cfg.diffusion.curve_samples,
+        num_classes=num_classes,
+        latent_shape=tokenizer.latent_shape,
+        sample_cfg=cfg.sample,
+        decode=tokenizer.decode,
+        device=device,
+    )

@@ -2,7 +2,8 @@
 
 Non-obvious choices, all as in taming's `NLayerDiscriminator` and `VQLPIPSWithDiscriminator`:
 - kernel 4 with padding 1: three stride-2 convs and two stride-1 convs map 32 px to a 2x2 patch
-  map and 256 px to 30x30; inputs must be at least 24 px.
+  map and 256 px to 30x30, which needs at least 24 px; smaller images get fewer layers
+  (`layers_for`), so a 16 px trial can switch the GAN on too.
 - BatchNorm, so convs before a norm carry no bias; N(0, 0.02) weights, BatchNorm gammas N(1, 0.02).
 - The GAN term is scaled by ‖∇ rec‖ / ‖∇ gan‖ on the decoder's last layer, clamped and detached.
 """
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.tokenizer.losses import gradient_norm_ratio
+from ldm.losses import Reduce, gradient_norm_ratio
 
 
 def weights_init(m: nn.Module) -> None:
@@ -23,6 +24,14 @@ def weights_init(m: nn.Module) -> None:
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
+
+
+def layers_for(resolution: int) -> int:
+    """taming's 3 layers, or as many as keep at least one patch: H / 2^n - 2 >= 1."""
+    n = 3
+    while n > 1 and resolution / 2**n - 2 < 1:
+        n -= 1
+    return n
 
 
 class NLayerDiscriminator(nn.Module):
@@ -68,6 +77,7 @@ def adaptive_gan_weight(
     g_loss: torch.Tensor,
     decoder_last_layer_weight: torch.Tensor,
     max_value: float = 1e4,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """‖∂rec/∂W‖ / (‖∂g/∂W‖ + 1e-4) on the decoder's last layer W, clamped to [0, max], detached."""
-    return gradient_norm_ratio(rec_loss, g_loss, decoder_last_layer_weight, max_value)
+    return gradient_norm_ratio(rec_loss, g_loss, decoder_last_layer_weight, max_value, reduce)

@@ -2,7 +2,8 @@
 
 Reconstructions use the posterior mean (no sampling noise), as the paper's rFID/PSNR tables do.
 Every number is named after the network that measured it, so numbers measured in different
-spaces are never compared by accident.
+spaces are never compared by accident. The perceptual distance is measured in a network the
+training never saw (`ldm.pretrained.perceptual.load_perceptual_metric`), never in its loss.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from ldm.align import cka_from_covariance
 from ldm.data.batches import to_model_range
-from ldm.evaluate import RunningMoments, frechet_distance, metric_name, psnr, ssim
+from ldm.metrics.frechet import RunningMoments, frechet_distance, metric_name
+from ldm.metrics.pixels import psnr, ssim
+from ldm.pretrained.base import FeatureNet, FoundationEncoder, PerceptualDistance
+from ldm.progress import progress_bar
 from ldm.tokenizer.model import Tokenizer
 
 if TYPE_CHECKING:
@@ -50,38 +53,38 @@ def measure_reconstruction(
     images: np.ndarray | ShardedArray,
     device: torch.device,
     batch_size: int,
-    perceptual: nn.Module | None,
-    eval_net: nn.Module,
-    foundation: nn.Module,
+    perceptual_metric: PerceptualDistance,
+    eval_net: FeatureNet,
+    foundation: FoundationEncoder,
 ) -> dict[str, float]:
-    """PSNR, SSIM, perceptual distance, rFD and latent-feature CKA over uint8 NHWC `images`.
+    """psnr, ssim, perceptual_<net>, rfd_<net> and cka_<foundation> over uint8 NHWC `images`.
 
-    Batch by batch, keeping only per-image scores and running moments: the features of a large
+    Batch by batch, keeping per-image scores and running moments only: the features of a large
     val split (a foundation map per image) would not fit in memory.
+    `ldm.records.TokenizerQuality.from_metrics` reads this dict back as a typed record.
     """
     model.eval()
     grid = model.latent_shape[1:]
     psnrs, ssims, dists = [], [], []
     real, fake, joint = RunningMoments(), RunningMoments(), RunningMoments()
-    for start in range(0, len(images), batch_size):
-        x = to_model_range(images[start : start + batch_size]).to(device)  # (B, 3, H, W)
-        z = model.posterior(x).mode()  # (B, d, h, w)
-        recon = model.decode_raw(z).float().clamp(-1, 1)
-        psnrs.append(psnr(recon, x).cpu())
-        ssims.append(ssim(recon, x).cpu())
-        if perceptual is not None:
-            dists.append(perceptual(recon, x).float().cpu())
-        real.add(eval_net(x))
-        fake.add(eval_net(recon))
-        feats = foundation(x, grid).float()  # (B, C, h, w)
-        # One row per latent position: [latent channels, feature channels].
-        joint.add(torch.cat([z.float(), feats], dim=1).permute(0, 2, 3, 1).flatten(0, 2))
-    metrics = {
+    with progress_bar("reconstruction quality", len(images)) as advance:
+        for start in range(0, len(images), batch_size):
+            x = to_model_range(images[start : start + batch_size]).to(device)  # (B, 3, H, W)
+            z = model.posterior(x).mode()  # (B, d, h, w)
+            recon = model.decode_raw(z).float().clamp(-1, 1)
+            psnrs.append(psnr(recon, x).cpu())
+            ssims.append(ssim(recon, x).cpu())
+            dists.append(perceptual_metric(recon, x).double().cpu())
+            real.add(eval_net(x))
+            fake.add(eval_net(recon))
+            feats = foundation(x, grid).float()  # (B, C, h, w)
+            # One row per latent position: [latent channels, feature channels].
+            joint.add(torch.cat([z.float(), feats], dim=1).permute(0, 2, 3, 1).flatten(0, 2))
+            advance(len(x))
+    return {
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
+        f"perceptual_{perceptual_metric.name}": torch.cat(dists).mean().item(),
         "r" + metric_name(eval_net.name): frechet_distance(*real.stats(), *fake.stats()),
         f"cka_{foundation.name}": cka_from_covariance(joint.stats()[1], model.latent_shape[0]),
     }
-    if perceptual is not None:
-        metrics[f"perceptual_{perceptual.name}"] = torch.cat(dists).mean().item()
-    return metrics

@@ -246,11 +246,15 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterised draw, differentiable in mean and logvar."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
+    def sample(
+        self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Reparameterised draw, differentiable in mean and logvar; `noise` is eps if given."""
+        eps = noise
+        if eps is None:
+            eps = torch.randn(
+                self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+            )
         return self.mean + self.std * eps  # (B, d, h, w)
 
     def mode(self) -> torch.Tensor:
@@ -342,9 +346,17 @@ class Tokenizer(nn.Module):
         return self.decode_raw(z * std + mean)  # (B, 3, H, W)
 
     def forward(
-        self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DiagonalGaussian, torch.Tensor]:
-        """(reconstruction, posterior, raw latent z) for the training losses."""
+        """(reconstruction, posterior, raw latent z) for the training losses.
+
+        `noise` (B, d, h, w) is the posterior draw's eps, drawn by the caller: a DDP rank takes
+        its slice of the global batch's noise, and a compiled graph needs no generator.
+        """
         q = self.posterior(x)
-        z = q.sample(generator) if sample else q.mode()  # (B, d, h, w)
+        z = q.sample(generator, noise) if sample else q.mode()  # (B, d, h, w)
         return self.decoder(z), q, z

@@ -8,6 +8,18 @@ measured against: w_vf on the encoder's last layer (VA-VAE), w_gan on the decode
 Every random draw is a function of (seed, step): the batch order and flips (`ImageBatches`) and
 the posterior noise (a generator seeded per step). A run resumed from its last complete
 checkpoint (weights, optimisers, step) therefore continues exactly as if never interrupted.
+
+Under DDP (torchrun, one process per GPU) the draws are made for the *global* batch and each rank
+takes its slice, every loss is a per-sample mean, and DDP averages the gradients of the model,
+the VF projection and the discriminator: the update is that of one process on the global batch.
+- The adaptive VF and GAN weights are ratios of gradient norms on one layer. Each rank's own
+  gradients give each rank another weight (and DDP would then average differently weighted
+  gradients), so the two layer gradients are averaged over the ranks first (one all-reduce of
+  that layer each): every rank uses the weight of the global batch, as one process would.
+- The PatchGAN's BatchNorm uses SyncBatchNorm on CUDA, so its statistics are the global
+  batch's; gloo has no SyncBatchNorm, so on CPU each rank normalises with its own slice.
+- Validation checks run on rank 0 while the others wait at a barrier: they are small and run
+  every eval_every steps; a distributed version would buy little and cost a gather.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,17 +38,21 @@ from torch import nn
 
 from ldm import checkpoint
 from ldm.align import adaptive_vf_weight, vf_loss
-from ldm.config import AlignPhase, TokenizerConfig
 from ldm.data.batches import ImageBatches, to_uint8
+from ldm.distributed import Dist, all_reduce_mean, barrier
 from ldm.errors import LdmError
 from ldm.tokenizer.discriminator import (
     NLayerDiscriminator,
     adaptive_gan_weight,
     gan_generator_loss,
     hinge_d_loss,
+    layers_for,
 )
 from ldm.tokenizer.model import Tokenizer
-from ldm.tracking import Tracker
+
+if TYPE_CHECKING:  # the config module imports pydantic; the loop only needs the types
+    from ldm.config import AlignPhase, TokenizerConfig
+    from ldm.tracking import Tracker
 
 LOG_EVERY = 10  # steps between logged loss points: enough for a curve, few enough for the store
 FEATURE_CACHE_BYTES = 2 * 1024**3  # cache foundation features when all of them fit in this
@@ -116,7 +132,9 @@ class TrainRun:
     settings: dict[str, Any]  # everything else; a run resumes across changes to these
     device: torch.device
     notice: Callable[[str], None] = print  # one-line messages for the person watching
+    dist: Dist = field(default_factory=Dist)
     history: dict[str, float] = field(default_factory=dict)
+    discriminator: nn.Module | None = None  # set by fit when tokenizer.disc_weight > 0
 
 
 def learning_rate(cfg: TokenizerConfig, step: int, total: int) -> float:
@@ -154,10 +172,16 @@ def validation_check(
 def _resume(
     run: TrainRun, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
 ) -> int:
+    latest = checkpoint.latest_state(run.work_dir)
+    notice = run.notice if run.dist.is_main else lambda _: None
     found = checkpoint.find_resume_point(
-        run.work_dir, run.identity, run.settings, run.steps, run.notice
+        run.work_dir, run.identity, run.settings, run.steps, notice, may_move=False
     )
+    barrier()  # every rank has read the folder before rank 0 may move it
     if found is None:
+        if run.dist.is_main and latest is not None:
+            step = torch.load(latest / "state.pt", weights_only=True)["step"]
+            checkpoint.set_aside(run.work_dir, checkpoint.aside_name(run.work_dir, step))
         return 0
     folder, state = found
     checkpoint.load_state(folder, modules)
@@ -167,10 +191,29 @@ def _resume(
     return int(state["step"])
 
 
+def _wrap(module: nn.Module, run: TrainRun, **kwargs: Any) -> nn.Module:
+    """`module` under DDP when there are several ranks (its gradients averaged over them)."""
+    if run.dist.world_size == 1:
+        return module
+    device = run.device
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, **kwargs)
+
+
+def _rank_slice(run: TrainRun) -> slice:
+    share = run.cfg.batch_size // run.dist.world_size
+    return slice(run.dist.rank * share, (run.dist.rank + 1) * share)
+
+
 def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dict[str, float]:
     """Train `run.model` in place for `run.steps` steps (resuming if it can); return metrics."""
-    cfg, device, model, align = run.cfg, run.device, run.model, run.alignment
+    cfg, device, model, align, dist = run.cfg, run.device, run.model, run.alignment, run.dist
     cuda = device.type == "cuda"
+    if cfg.batch_size % dist.world_size:
+        raise LdmError(
+            f"tokenizer.batch_size {cfg.batch_size} must be a multiple of tokenizer.world_size "
+            f"{dist.world_size}: every rank takes an equal slice of the global batch"
+        )
     model.to(device).train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -181,16 +224,26 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
         modules["projection"] = align.projection.to(device)
         trained += list(align.projection.parameters())
     optimizers = {"g": torch.optim.AdamW(trained, lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)}
-    disc = None
+    disc = disc_net = None
     if cfg.disc_weight > 0:
-        disc = modules["disc"] = NLayerDiscriminator().to(device)
+        disc = NLayerDiscriminator(n_layers=layers_for(model.arch.resolution))
+        if dist.world_size > 1 and cuda:  # the same parameters, BatchNorm over the global batch
+            disc = nn.SyncBatchNorm.convert_sync_batchnorm(disc)
+        disc = run.discriminator = modules["disc"] = disc.to(device)
         optimizers["d"] = torch.optim.AdamW(
             disc.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0
         )
     start = _resume(run, modules, optimizers)
     progress(start)
 
-    forward = torch.compile(model) if cfg.compile and cuda else model
+    # DDP broadcasts rank 0's weights here, and its buffers before every forward (the
+    # discriminator's BatchNorm statistics follow rank 0's).
+    net = _wrap(model, run)
+    forward = torch.compile(net) if cfg.compile and cuda else net
+    projection = _wrap(align.projection, run) if align is not None else None
+    if disc is not None:
+        disc_net = _wrap(disc, run)
+    reduce = all_reduce_mean if dist.world_size > 1 else None
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if cfg.precision == "bf16" and cuda
@@ -200,7 +253,8 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
     if align is not None:
         grid = model.latent_shape[1:]
         features = FeatureCache(align.foundation, grid, run.batches, cfg.batch_size)
-    sums: dict[str, float] = {}
+    mine = _rank_slice(run)
+    sums: dict[str, torch.Tensor] = {}
     window, images_seen, clock = 0, 0, time.perf_counter()
     final_loss = float("nan")
     for step in range(start, run.steps):
@@ -208,13 +262,15 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        x, _, keys = run.batches.batch(step)
-        x = x.to(device, non_blocking=True)
+        keys = run.batches.keys(step)[mine]  # (S,) this rank's slice of the global batch
+        x = run.batches.pictures(keys).to(device, non_blocking=True)  # (S, 3, H, W)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        noise = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        shape = (cfg.batch_size, *model.latent_shape)
+        noise = torch.randn(shape, generator=g, device=device)[mine]  # (S, d, h, w)
         with autocast:
-            recon, posterior, z = forward(x, sample=True, generator=noise)
+            recon, posterior, z = forward(x, sample=True, noise=noise)
             l1 = (recon.float() - x).abs().mean()
             perceptual = run.perceptual(recon, x).mean() if run.perceptual else torch.zeros(())
             rec = l1 + cfg.perceptual_weight * perceptual.to(l1.device)
@@ -224,28 +280,33 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
             if align is not None:
                 phase = align.phase(step, run.steps)
                 margins = (align.cos_margin, align.distmat_margin) if phase.use_margins else (0, 0)
-                target = features(x, keys)  # (B, C_f, h, w)
+                target = features(x, keys)  # (S, C_f, h, w)
                 vf, _ = vf_loss(
-                    align.projection(z.float()),
+                    projection(z.float()),
                     target,
                     *margins,
                     align.cos_weight,
                     align.distmat_weight,
                 )
                 w_vf = adaptive_vf_weight(
-                    rec, vf, model.encoder.conv_out.weight, align.adaptive_max
+                    rec, vf, model.encoder.conv_out.weight, align.adaptive_max, reduce
                 )
                 loss = loss + phase.vf_weight * w_vf * vf
                 logged |= {"train/vf": vf, "train/vf_adaptive_weight": w_vf}
             if disc is not None and step >= cfg.disc_start:
+                # The bare module: DDP syncs the discriminator's gradients in its own step only.
                 g_loss = gan_generator_loss(disc(recon))
-                w_gan = adaptive_gan_weight(rec, g_loss, model.decoder.conv_out.weight)
+                w_gan = adaptive_gan_weight(
+                    rec, g_loss, model.decoder.conv_out.weight, reduce=reduce
+                )
                 loss = loss + cfg.disc_weight * w_gan * g_loss
                 logged |= {"train/gan_g": g_loss, "train/gan_adaptive_weight": w_gan}
-        if not torch.isfinite(loss):
+        # Every rank stops together: a NaN on one rank makes the mean NaN on all.
+        global_loss = all_reduce_mean(loss.detach().float().clone())
+        if not torch.isfinite(global_loss):
             last = checkpoint.latest_state(run.work_dir)
             raise NonFiniteLoss(
-                f"step {step}: the loss is {loss.item()}; training stopped. The "
+                f"step {step}: the loss is {global_loss.item()}; training stopped. The "
                 f"last good checkpoint is {last or '(none yet)'}; lower "
                 "tokenizer.lr or raise warmup_steps, then run again to resume."
             )
@@ -254,43 +315,53 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
         optimizers["g"].step()
         if disc is not None and step >= cfg.disc_start:
             with autocast:
-                d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
+                d_loss = hinge_d_loss(disc_net(x), disc_net(recon.detach()))
             optimizers["d"].zero_grad(set_to_none=True)
             d_loss.backward()
             optimizers["d"].step()
             logged["train/gan_d"] = d_loss
 
         logged["train/loss"] = loss
-        for key, value in logged.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        for key, value in logged.items():  # this rank's sums; averaged over ranks when logged
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
         window += 1
-        images_seen += x.shape[0]
+        images_seen += cfg.batch_size
         done = step + 1
         if done % LOG_EVERY == 0 or done == run.steps:
-            means = {k: v / window for k, v in sums.items()}
+            totals = all_reduce_mean(torch.stack([v.to(device) for v in sums.values()]))
+            means = dict(zip(sums, (totals / window).tolist(), strict=True))
             tracker.log_metrics(means | {"train/lr": lr}, step=done)
             final_loss = means["train/loss"]
             sums, window = {}, 0
         if done % cfg.eval_every == 0 or done == run.steps:
-            checks, recon_val = validation_check(model, run.val_images, device, cfg.batch_size)
-            tracker.log_metrics(checks, step=done)
-            # Evenly spread over the val split, which is ordered by class: every class shows.
-            shown = torch.linspace(0, len(run.val_images) - 1, cfg.grid_images).round().long()
-            shown = shown.unique()
-            tracker.log_image(
-                reconstruction_grid(run.val_images[shown], recon_val[shown]),
-                key="reconstructions",
-                step=done,
-            )
+            if dist.is_main:
+                _check_and_show(run, tracker, done)
+            barrier()
         # The last step is saved too, so that raising the steps later extends this run.
         if done % cfg.checkpoint_every == 0 or done == run.steps:
-            states = {f"optimizer_{k}": o.state_dict() for k, o in optimizers.items()}
-            meta = checkpoint.resume_metadata(run.identity, run.settings)
-            checkpoint.save_state(run.work_dir, done, modules, {**states, **meta})
-        progress(1)
+            if dist.is_main:
+                states = {f"optimizer_{k}": o.state_dict() for k, o in optimizers.items()}
+                meta = checkpoint.resume_metadata(run.identity, run.settings)
+                checkpoint.save_state(run.work_dir, done, modules, {**states, **meta})
+            barrier()  # a rank killed after this step resumes from the state just written
+        progress(1, loss=final_loss)
     seconds = time.perf_counter() - clock
     # A summary only: the curves were logged step by step above.
     run.history["train/images_per_second"] = images_seen / seconds if seconds > 0 else 0.0
     run.history["train/steps"] = float(run.steps)
     run.history["train/final_loss"] = final_loss
     return dict(run.history)
+
+
+def _check_and_show(run: TrainRun, tracker: Tracker, done: int) -> None:
+    """Validation losses and a reconstruction grid of the fixed val images."""
+    checks, recon_val = validation_check(run.model, run.val_images, run.device, run.cfg.batch_size)
+    tracker.log_metrics(checks, step=done)
+    # Evenly spread over the val split, which is ordered by class: every class shows.
+    shown = torch.linspace(0, len(run.val_images) - 1, run.cfg.grid_images).round().long()
+    shown = shown.unique()
+    tracker.log_image(
+        reconstruction_grid(run.val_images[shown], recon_val[shown]),
+        key="reconstructions",
+        step=done,
+    )

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ldm.errors import LdmError
+
 if TYPE_CHECKING:
     import numpy as np
     from mlflow import MlflowClient
@@ -60,6 +62,7 @@ class MlflowTracker:
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.run_id = run_id
+        self.experiment_id: str | None = None  # known for the runs this module creates
         self._client = client
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -161,12 +164,15 @@ def _run(
     tags = {"mlflow.user": getpass.getuser(), "mlflow.source.name": f"ldm {name}", **tags}
     run = client.create_run(experiment_id, tags=tags, run_name=name)
     tracker = MlflowTracker(client, run.info.run_id)
+    tracker.experiment_id = experiment_id
     try:
         yield tracker
     except KeyboardInterrupt:
         client.set_terminated(tracker.run_id, "KILLED")
         raise
-    except BaseException:
+    except BaseException as err:
+        # The cause, readable in the run's tags without opening a log.
+        client.set_tag(tracker.run_id, "ldm.error", (str(err) or type(err).__name__)[:4000])
         client.set_terminated(tracker.run_id, "FAILED")
         raise
     client.set_terminated(tracker.run_id, "FINISHED")
@@ -185,16 +191,104 @@ def stage_run(root: Path, experiment: str, stage: str) -> Iterator[MlflowTracker
         yield tracker
 
 
+def attach(root: Path, run_id: str) -> MlflowTracker:
+    """A tracker on a run another process opened (rank 0 of a DDP stage, into its launcher's)."""
+    from mlflow import MlflowClient
+
+    return MlflowTracker(MlflowClient(tracking_uri=tracking_uri(root)), run_id)
+
+
 @contextmanager
 def trial_run(
-    root: Path, experiment: str, params_path: Path, name: str, tags: dict[str, str]
+    root: Path,
+    experiment: str,
+    params_path: Path,
+    name: str,
+    tags: dict[str, str],
+    overrides: list[str] | None = None,
 ) -> Iterator[MlflowTracker]:
-    """The parent run of one `ldm run`: provenance tags and the params file as an artifact."""
+    """The parent run of one `ldm run`, reproducible from its record: the exact params file
+    and the `--set` overrides that produced it, and `dvc.lock` as it stood at the end."""
     client, experiment_id = _client_and_experiment(root, experiment)
     tags = {"ldm.kind": "trial", **provenance_tags(root), **tags}
     with _run(client, experiment_id, name, tags) as tracker:
         tracker.log_artifact(params_path)
-        yield tracker
-        lock_hash = provenance_tags(root).get("dvc_lock_sha256")
-        if lock_hash:  # the pipeline's state after the trial, to find it again with DVC
-            tracker.set_tags({"dvc_lock_sha256": lock_hash})
+        if overrides:
+            tracker.log_params({f"set.{k}": v for k, _, v in (o.partition("=") for o in overrides)})
+        try:
+            yield tracker
+        finally:
+            lock = root / "dvc.lock"
+            if lock.is_file():  # the pipeline's state after the trial, to find it again with DVC
+                tracker.log_artifact(lock)
+                tracker.set_tags({"dvc_lock_sha256": provenance_tags(root)["dvc_lock_sha256"]})
+
+
+def close_abandoned_runs(root: Path, experiment: str) -> list[str]:
+    """Mark as KILLED the runs a killed trial left RUNNING; returns their names.
+
+    Call it only while holding the project's trial lock: then no trial of this project is
+    running, and a RUNNING trial run (or a stage run nested in one) was abandoned.
+    """
+    client, experiment_id = _client_and_experiment(root, experiment)
+    running = client.search_runs(
+        [experiment_id], "attributes.status = 'RUNNING' and tags.`ldm.kind` = 'trial'"
+    )
+    closed = []
+    for trial in running:
+        children = client.search_runs(
+            [experiment_id],
+            f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{trial.info.run_id}'",
+        )
+        for run in [*children, trial]:
+            client.set_tag(run.info.run_id, "ldm.error", "abandoned: its trial was killed")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_name)
+    return closed
+
+
+def parent_tracker(root: Path) -> MlflowTracker | None:
+    """The trial's run when this process runs inside `ldm run` (LDM_PARENT_RUN_ID), else None."""
+    from mlflow import MlflowClient
+
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return None
+    return MlflowTracker(MlflowClient(tracking_uri=tracking_uri(root)), parent)
+
+
+def check_store(root: Path, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, in one line, when the tracking store cannot be reached or written.
+
+    Without this a trial runs its first stages and fails minutes later inside MLflow's retries.
+    """
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not os.access(folder, os.W_OK):
+            raise LdmError(f"the MLflow store {uri} cannot be written: {folder} is read-only")
+        return
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+                return
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise LdmError(
+                f"the MLflow server {uri} (MLFLOW_TRACKING_URI) does not answer ({reason}): "
+                "start it, or unset MLFLOW_TRACKING_URI to use the project's own store"
+            ) from None
+
+
+def run_url(root: Path, experiment_id: str, run_id: str, ui_port: int = 5000) -> str:
+    """Where a run opens in the MLflow UI: on the tracking server, or under `ldm ui`."""
+    uri = tracking_uri(root)
+    base = (
+        uri.rstrip("/")
+        if uri.startswith(("http://", "https://"))
+        else f"http://127.0.0.1:{ui_port}"
+    )
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"

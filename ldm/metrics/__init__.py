@@ -1,0 +1,9 @@
+"""Measuring images and feature sets: torch and numpy functions, no networks of their own.
+
+- `pixels`: PSNR and SSIM per image.
+- `frechet`: Frechet distance of feature sets, overall and per class.
+- `manifold`: precision, recall, density and coverage (k-NN manifold estimates).
+- `extract`: features of many images, batch by batch, through a frozen `FeatureNet`.
+
+The networks themselves live in `ldm.pretrained`.
+"""

@@ -1,0 +1,212 @@
+"""The report's two charts, drawn with matplotlib's Agg canvas (no display, no pyplot state).
+
+Each variant has its own colour and marker: the Okabe-Ito palette, readable with the common
+colour-vision deficiencies, and a distinct marker so the charts survive a grey-scale print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ldm.records import ConvergenceCurve, EvaluateRecord
+from ldm.report.paper import TABLE_2
+from ldm.report.summary import Projection
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# Okabe & Ito (2008), "Color Universal Design"; black is kept for the reference lines and the
+# yellow last, as it is faint on white.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+UNITS = {"gpu_hours": "GPU-hours", "cpu_hours": "CPU-hours"}
+LABEL_LIMIT = 8  # beyond this many variants the legend alone names the points
+DPI = 110
+
+
+def style(index: int) -> tuple[str, str]:
+    """(colour, marker) of the index-th variant; pairs stay unique for 56 variants."""
+    return PALETTE[index % len(PALETTE)], MARKERS[index % len(MARKERS)]
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+
+
+def _reference_handles() -> list:
+    from matplotlib.lines import Line2D
+
+    return [
+        Line2D(
+            [], [], color="black", ls="--", lw=1, label="floor: train vs val (perfect generator)"
+        ),
+        Line2D(
+            [],
+            [],
+            color="grey",
+            marker="_",
+            ls="none",
+            markersize=18,
+            markeredgewidth=2.5,
+            label="ceiling: untrained generator (per tokenizer)",
+        ),
+    ]
+
+
+def _tradeoff_panel(ax: Axes, records: list[EvaluateRecord], x_of, xlabel: str) -> None:
+    label_points = len(records) <= LABEL_LIMIT
+    for i, record in enumerate(records):
+        colour, marker = style(i)
+        x, gfd = x_of(record), record.generation.fd
+        ax.scatter([x], [gfd], color=colour, marker=marker, s=70, zorder=3, label=record.variant)
+        # the ceiling depends on the tokenizer that decodes the random latents: one tick each
+        ax.scatter(
+            [x],
+            [record.reference.fd_random_latents],
+            color=colour,
+            marker="_",
+            s=500,
+            linewidths=2.5,
+            zorder=2,
+        )
+        if label_points:  # alternate above and below: neighbours (plain, aligned) often touch
+            ax.annotate(
+                record.variant,
+                (x, gfd),
+                xytext=(7, 5 if i % 2 == 0 else -12),
+                textcoords="offset points",
+                fontsize=8,
+            )
+    for floor in sorted({r.reference.fd_train_val for r in records}):
+        ax.axhline(floor, color="black", ls="--", lw=1, zorder=1)
+    top = max(max(r.reference.fd_random_latents, r.generation.fd) for r in records)
+    ax.set_ylim(0, top * 1.1)
+    xs = [x_of(r) for r in records]
+    pad = (max(xs) - min(xs)) * 0.15 or abs(xs[0]) * 0.1 or 1.0
+    ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"gFD ({records[0].generation.feature_net})")
+    ax.grid(alpha=0.3)
+
+
+def _paper_panel(ax: Axes, x_field: str, xlabel: str) -> None:
+    specs = sorted({row.spec for row in TABLE_2})
+    alignments = ("none", "MAE", "DINOv2")
+    for row in TABLE_2:
+        colour = PALETTE[specs.index(row.spec)]
+        marker = MARKERS[alignments.index(row.alignment)]
+        label = f"{row.spec}, VF: {row.alignment}"
+        ax.scatter(
+            [getattr(row, x_field)], [row.gfid_b], color=colour, marker=marker, s=55, label=label
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("gFID-10K (Inception), LightningDiT-B")
+    ax.grid(alpha=0.3)
+
+
+def tradeoff_chart(records: list[EvaluateRecord], path: Path) -> None:
+    """Reconstruction against generation: ours on top, the paper's Table 2 below it."""
+    fig = _figure(13, 9)
+    axes = fig.subplots(2, 2)
+    rfd_net = records[0].tokenizer.feature_net
+    _tradeoff_panel(
+        axes[0, 0], records, lambda r: r.tokenizer.rfd, f"rFD ({rfd_net}), lower is better"
+    )
+    _tradeoff_panel(axes[0, 1], records, lambda r: r.tokenizer.psnr, "PSNR (dB), higher is better")
+    axes[0, 0].set_title("This trial: reconstruction vs generation", loc="left", fontsize=10)
+    handles, _ = axes[0, 0].get_legend_handles_labels()
+    axes[0, 1].legend(
+        handles=handles + _reference_handles(),
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        ncol=2 if len(records) > 12 else 1,
+    )
+    _paper_panel(axes[1, 0], "rfid", "rFID (Inception), ImageNet val")
+    _paper_panel(axes[1, 1], "psnr", "PSNR (dB), ImageNet val")
+    axes[1, 0].set_title(
+        "The paper, for orientation only: other network, data and compute; do not compare "
+        "values with the row above",
+        loc="left",
+        fontsize=10,
+    )
+    axes[1, 1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _save(fig, path)
+
+
+def convergence_chart(
+    records: list[EvaluateRecord],
+    curves: dict[str, ConvergenceCurve],
+    projections: dict[str, Projection],
+    target_fd: float,
+    path: Path,
+) -> None:
+    """gFD against cumulative DiT compute, one panel per compute unit, with the fitted curves."""
+    import numpy as np
+
+    units = sorted({curves[r.variant].compute_unit for r in records})
+    fig = _figure(11, 5.5 * len(units))
+    axes = fig.subplots(len(units), 1, squeeze=False)[:, 0]
+    for ax, unit in zip(axes, units, strict=True):
+        samples = set()
+        for i, record in enumerate(records):
+            curve = curves[record.variant]
+            if curve.compute_unit != unit:
+                continue
+            samples.add(curve.num_samples)
+            colour, marker = style(i)
+            points = [p for p in curve.points if p.compute_hours > 0]  # a log axis has no 0
+            ax.plot(
+                [p.compute_hours for p in points],
+                [p.fd for p in points],
+                color=colour,
+                marker=marker,
+                lw=1.5,
+                label=record.variant,
+            )
+            fit = projections[record.variant]
+            if fit.a is not None and fit.b is not None and points:
+                end = fit.compute_hours or fit.limit_compute_hours
+                end = min(max(end, fit.spent_compute_hours), fit.limit_compute_hours)
+                grid = np.geomspace(points[0].compute_hours, end, 100)
+                ax.plot(grid, fit.floor + fit.a * grid ** (-fit.b), color=colour, ls=":", lw=1.2)
+        floors = sorted({r.reference.fd_train_val for r in records})
+        for floor in floors:
+            ax.axhline(floor, color="black", ls="--", lw=1)
+        ax.axhline(target_fd, color="black", ls="-.", lw=1)
+        # log-log: a power law towards the floor bends into it, and the last points stay legible
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"cumulative DiT training compute ({UNITS.get(unit, unit)}, log scale)")
+        net = records[0].generation.feature_net
+        counts = "/".join(str(n) for n in sorted(samples))
+        ax.set_ylabel(f"gFD ({net}), {counts} samples per point, log scale")
+        ax.grid(alpha=0.3, which="both")
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [
+            Line2D([], [], color="black", ls="--", lw=1, label="floor: train vs val"),
+            Line2D([], [], color="black", ls="-.", lw=1, label=f"target gFD {target_fd:g}"),
+            Line2D([], [], color="grey", ls=":", lw=1.2, label="fitted power law, extended"),
+        ]
+        ax.legend(
+            handles=handles,
+            fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            ncol=2 if len(records) > 12 else 1,
+        )
+    axes[0].set_title("Generation quality against generator compute", loc="left", fontsize=10)
+    _save(fig, path)

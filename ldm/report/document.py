@@ -1,0 +1,243 @@
+"""The report's text: one Markdown document, also the source of the HTML page.
+
+It opens with the verdict, as a reader deciding on the next step needs it first, then the
+evidence behind it: the quality table, the trade-off, the convergence and its projection, costs,
+gates and speed, each with what its numbers mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ldm.config import ReportConfig
+from ldm.records import ConvergenceCurve, EvaluateRecord
+from ldm.report.paper import PAPER_SETUP, PAPER_SOURCE, TABLE_2
+from ldm.report.projection import INTERVAL, UNITS
+from ldm.report.summary import ABSENT, ReportSummary, fmt, usd
+from ldm.report.tables import cost_section, gates_section, speed_section
+from ldm.report.text import escape, percent, table
+
+TRADEOFF_PNG = "tradeoff.png"
+CONVERGENCE_PNG = "convergence.png"
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    records: list[EvaluateRecord]
+    curves: dict[str, ConvergenceCurve]
+    report: ReportConfig
+    summary: ReportSummary
+
+
+def _header(s: ReportSummary) -> str:
+    h = s.header
+    classes = f"{len(h.classes)} classes" if h.classes else "no class labels"
+    commit = f"code {escape(h.git_commit[:12])}" if h.git_commit else "code outside git"
+    return (
+        f"# Trial report: {escape(h.trial)}\n\n"
+        f"{escape(h.created)} · {commit} · {h.n_train:,} training and {h.n_val:,} validation "
+        f"images, {classes}, {h.resolution} px · {len(s.variants)} variant(s)"
+    )
+
+
+def _verdict(s: ReportSummary) -> str:
+    lines = ["## Verdict", ""]
+    best = next((v for v in s.variants if v.variant == s.recommended), None)
+    if best is None:
+        lines.append("**Not ready.** No variant passes the staging gates:")
+        lines.append("")
+        for name, failed in s.failed_gates.items():
+            lines.append(f"- {name}: " + "; ".join(failed))
+        lines.append("")
+        lines.append(
+            "Loosen a gate in `params.yaml` (`promotion.gates.staging`) only if the threshold was "
+            "wrong; otherwise the projection below says what more training would cost."
+        )
+        return "\n".join(lines)
+    lines.append(
+        f"**Recommended: {best.variant}.** Its generator scores gFD {fmt(best.gfd)} "
+        f"({best.gfd_net}), between the floor {fmt(best.fd_floor)} (real images against real "
+        f"images) and the ceiling {fmt(best.fd_ceiling)} (an untrained generator): it has closed "
+        f"{percent(1 - best.relative_fd)} of that gap. Precision {fmt(best.precision, 2)}, recall "
+        f"{fmt(best.recall, 2)}; the trial cost {usd(best.usd)} for this variant."
+    )
+    lines.append("")
+    lines.append(
+        f"To reach the target gFD {fmt(s.target_fd)}: {best.projection.text}. "
+        + (
+            "It also passes the production gates (promotion requires staging first)."
+            if best.passed_production
+            else "It does not yet pass the production gates: "
+            + "; ".join(g.text for g in best.production if not g.passed)
+            + "."
+        )
+    )
+    return "\n".join(lines)
+
+
+def _glance(s: ReportSummary) -> str:
+    first = s.variants[0]
+    columns = [
+        "variant",
+        "PSNR (dB)",
+        f"rFD ({first.rfd_net})",
+        f"gFD ({first.gfd_net})",
+        "floor",
+        "ceiling",
+        "relative FD",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "cost",
+        "staging gates",
+    ]
+    rows = [
+        [
+            v.variant + (" (recommended)" if v.variant == s.recommended else ""),
+            fmt(v.psnr),
+            fmt(v.rfd),
+            fmt(v.gfd),
+            fmt(v.fd_floor),
+            fmt(v.fd_ceiling),
+            fmt(v.relative_fd, 2),
+            fmt(v.precision, 2),
+            fmt(v.recall, 2),
+            fmt(v.density, 2),
+            fmt(v.coverage, 2),
+            usd(v.usd),
+            "pass" if v.passed_staging else "FAIL",
+        ]
+        for v in s.variants
+    ]
+    return "\n".join(
+        [
+            "## Results at a glance",
+            "",
+            table(columns, rows),
+            "",
+            "- **gFD** is the Fréchet distance between generated and validation images in the "
+            f"features of {first.gfd_net} (not Inception, so not an FID); lower is better. It "
+            "is only comparable with other numbers measured in the same network on the same data.",
+            "- **floor** is the FD between the training and the validation images: what a perfect "
+            "generator would score. **ceiling** is the FD of images decoded from random latents: "
+            "what an untrained generator scores with that variant's tokenizer.",
+            "- **relative FD** = (gFD − floor) / (ceiling − floor): 0 is as good as real data, "
+            "1 as bad as an untrained generator.",
+            "- **rFD** and **PSNR** measure the tokenizer alone: how well it reconstructs "
+            "validation images. **precision** is the share of generated images that look like "
+            "real ones (fidelity), **recall** the share of real images the generator covers "
+            "(diversity).",
+        ]
+    )
+
+
+def _tradeoff(s: ReportSummary, image: Callable[[str], str]) -> str:
+    rows = [
+        [
+            row.label,
+            fmt(row.rfid, 2),
+            fmt(row.psnr),
+            fmt(row.gfid_b),
+            fmt(row.gfid_l),
+            fmt(row.gfid_xl),
+        ]
+        for row in TABLE_2
+    ]
+    return "\n".join(
+        [
+            "## Reconstruction vs generation",
+            "",
+            f"![Reconstruction against generation quality per variant]({image(TRADEOFF_PNG)})",
+            "",
+            "Top row, this trial: each point is a variant, its tokenizer's reconstruction (rFD, or "
+            "PSNR) against its generator's gFD. The dashed line is the floor; the short bar in a "
+            "variant's colour is its ceiling. The paper's dilemma is that a tokenizer which "
+            "reconstructs better (left in the rFD panel) can make generation worse (higher); "
+            "alignment (VF loss) aims to lower gFD at little reconstruction cost.",
+            "",
+            f"Bottom row, for orientation only: {PAPER_SOURCE} ({PAPER_SETUP}). Those are FIDs in "
+            f"Inception on ImageNet with far more compute; our FDs use {s.variants[0].gfd_net} on "
+            "your images. Compare the direction of the trade-off, never the values.",
+            "",
+            table(["paper tokenizer", "rFID", "PSNR", "gFID B", "gFID L", "gFID XL"], rows),
+        ]
+    )
+
+
+def _projection(inputs: ReportInputs, image: Callable[[str], str]) -> str:
+    s, cfg = inputs.summary, inputs.report
+    rows = []
+    for v in s.variants:
+        p, curve = v.projection, inputs.curves[v.variant]
+        unit = UNITS.get(p.compute_unit, p.compute_unit)
+        b = ABSENT if p.b is None else f"{p.b:.2f} ± {fmt(p.b_stderr, 2)}"
+        rows.append(
+            [
+                v.variant,
+                str(len(curve.points)),
+                b,
+                f"{fmt(p.spent_compute_hours)} {unit}",
+                f"{usd(p.price_per_hour)}/{unit.rstrip('s')}",
+                p.text,
+            ]
+        )
+    spent_units = sorted({UNITS.get(v.projection.compute_unit, "") for v in s.variants})
+    return "\n".join(
+        [
+            f"## Convergence and projected cost to gFD ≤ {fmt(cfg.target_fd)}",
+            "",
+            f"![gFD against generator compute per variant]({image(CONVERGENCE_PNG)})",
+            "",
+            "Each point is a cheap gFD of samples from the generator during training, against "
+            f"the cumulative compute of its DiT training ({', '.join(spent_units)}). The dashed "
+            f"line is the floor, the dash-dotted line the target ({fmt(cfg.target_fd)}, "
+            "`report.target_fd`), dotted lines the fitted curves extended.",
+            "",
+            table(
+                ["variant", "points", "b ± s.e.", "DiT compute spent", "price", "projection"], rows
+            ),
+            "",
+            "**The model.** FD(c) = floor + a · c^(−b), with c the cumulative DiT compute and "
+            "floor the train-vs-val FD: a power law falling towards what real data scores. "
+            "Subtracting the floor makes it a straight line in log-log space, fitted by least "
+            "squares to the curve's points (those above the floor with compute > 0; at least 3). "
+            "The projected compute is where the fitted curve meets the target, priced at the "
+            f"recorded price per compute-hour; the {percent(INTERVAL)} interval draws a and b "
+            "from their least-squares uncertainty (Student-t, n − 2 degrees of freedom). It "
+            "counts DiT training only: the tokenizer is already paid for.",
+            "",
+            f"**Not reached within {cfg.projection_budget_multiple:g}× this budget** means the "
+            "target is at or below the floor, or the fitted curve is flat or rising (b ≤ 0), or "
+            "the fit "
+            f"needs more than {cfg.projection_budget_multiple:g}× the DiT compute this trial spent "
+            "(`report.projection_budget_multiple`): an extrapolation that far is not a forecast.",
+            "",
+            "**Assumptions.** Training would go on as it ran: same model, batch, data and "
+            "sampler. The points come from one run whose learning rate changes along it "
+            "(warm-up, decay), so the fit mixes the effect of more compute with that of the "
+            "schedule; a longer run, its schedule stretched, traces its own curve. Read the "
+            "projection as an order of magnitude. The curve's gFD uses fewer samples than the "
+            "evaluation's, and an FD from fewer samples reads higher: on that count the "
+            "projection errs towards more compute. Errors are taken as multiplicative and "
+            "independent between points; a few points give a wide interval, and no interval "
+            "covers a change of regime beyond the last point.",
+        ]
+    )
+
+
+def markdown(inputs: ReportInputs, image: Callable[[str], str]) -> str:
+    """The whole report; `image(name)` gives the reference of each chart (file or data URI)."""
+    s = inputs.summary
+    sections = [
+        _header(s),
+        _verdict(s),
+        _glance(s),
+        _tradeoff(s, image),
+        _projection(inputs, image),
+        cost_section(inputs.records, s),
+        gates_section(s),
+        speed_section(inputs.records),
+    ]
+    return "\n\n".join(sections) + "\n"

@@ -1,0 +1,206 @@
+"""How much generator compute a variant would need to reach the target gFD.
+
+The model: FD(c) = floor + a * c^(-b), with c the cumulative DiT compute and floor = the
+train-vs-val FD (what a perfect generator scores). Subtracting the floor makes it a straight line
+in log-log space, log(FD - floor) = log a - b log c, fitted by ordinary least squares; the
+noise is taken as multiplicative (constant in log space). The interval comes from the
+parameters' least-squares uncertainty: draws from a Student-t with n - 2 degrees of freedom
+around the fit, each turned into the compute at which its curve meets the target. A closed form
+(the delta method) would miss that c* = (a / (target - floor))^(1/b) blows up as b nears 0,
+which is exactly where a short curve leaves the answer open.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ldm.records import ConvergenceCurve
+from ldm.report.summary import Projection, fmt, usd
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MIN_POINTS = 3  # two parameters and at least one degree of freedom for their uncertainty
+INTERVAL = 0.8  # central share of the draws shown as the interval
+DRAWS = 4000
+SEED = 0  # the interval is part of a versioned report: the same curve gives the same numbers
+UNITS = {"gpu_hours": "GPU-hours", "cpu_hours": "CPU-hours"}
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    floor: float
+    log_a: float
+    b: float
+    cov: tuple[tuple[float, float], tuple[float, float]]  # of (log a, b)
+    n_points: int
+
+    @property
+    def a(self) -> float:
+        return math.exp(self.log_a)
+
+    @property
+    def b_stderr(self) -> float:
+        return math.sqrt(max(self.cov[1][1], 0.0))
+
+    def fd(self, compute: np.ndarray) -> np.ndarray:
+        return self.floor + self.a * compute ** (-self.b)
+
+    def compute_to_reach(self, target: float) -> float:
+        """c at which FD(c) = target; inf when the curve never gets there."""
+        return _compute_to_reach(self.log_a, self.b, math.log(target - self.floor))
+
+
+def _compute_to_reach(log_a: float, b: float, log_gap: float) -> float:
+    if b <= 0:
+        return math.inf
+    exponent = (log_a - log_gap) / b
+    return math.exp(exponent) if exponent < 700 else math.inf
+
+
+def fit_power_law(compute: list[float], fd: list[float], floor: float) -> PowerLawFit | None:
+    """Least squares of log(FD - floor) on log c; None with fewer than MIN_POINTS usable points.
+
+    A point is usable when its compute is positive and its FD lies above the floor (the log of
+    the gap must exist); a curve that touches the floor has nothing left to project anyway.
+    """
+    import numpy as np
+
+    c, f = np.asarray(compute, dtype=float), np.asarray(fd, dtype=float)
+    keep = (c > 0) & (f > floor)
+    c, f = c[keep], f[keep]
+    if len(c) < MIN_POINTS or np.ptp(np.log(c)) == 0:
+        return None
+    design = np.stack([np.ones_like(c), -np.log(c)], axis=1)  # (n, 2): log a, b
+    y = np.log(f - floor)
+    params, *_ = np.linalg.lstsq(design, y, rcond=None)
+    dof = len(y) - 2
+    residual_var = float(np.sum((y - design @ params) ** 2)) / dof
+    cov = residual_var * np.linalg.inv(design.T @ design)
+    return PowerLawFit(
+        floor=floor,
+        log_a=float(params[0]),
+        b=float(params[1]),
+        cov=((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))),
+        n_points=len(y),
+    )
+
+
+def compute_interval(fit: PowerLawFit, target: float) -> tuple[float, float]:
+    """The central INTERVAL of the compute at which the fitted curve reaches `target`."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    dof = fit.n_points - 2
+    chol = np.linalg.cholesky(np.asarray(fit.cov) + 1e-18 * np.eye(2))
+    normal = rng.standard_normal((DRAWS, 2)) @ chol.T  # (DRAWS, 2)
+    scale = np.sqrt(rng.chisquare(dof, DRAWS) / dof)[:, None]
+    log_a, b = (np.array([fit.log_a, fit.b]) + normal / scale).T
+    log_gap = math.log(target - fit.floor)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        exponent = np.where(b > 0, (log_a - log_gap) / b, np.inf)
+    # inf for the draws that never get there
+    reach = np.sort(np.where(exponent < 700, np.exp(np.minimum(exponent, 700.0)), np.inf))
+    tail = (1 - INTERVAL) / 2
+    low = reach[int(math.floor(tail * (DRAWS - 1)))]
+    high = reach[int(math.ceil((1 - tail) * (DRAWS - 1)))]
+    return float(low), float(high)
+
+
+def project(
+    curve: ConvergenceCurve,
+    floor: float,
+    target_fd: float,
+    price_per_hour: float,
+    budget_multiple: float,
+    final_fd: float | None = None,
+) -> Projection:
+    """Whether, and at what compute and money, the variant's generator reaches `target_fd`.
+
+    `final_fd` is the evaluation's gFD of the trained generator: measured on more samples than
+    a curve point, it may meet the target where the curve does not yet.
+    """
+    unit = UNITS.get(curve.compute_unit, curve.compute_unit)
+    spent = max((p.compute_hours for p in curve.points), default=0.0)
+    limit = budget_multiple * spent
+    base = {
+        "compute_unit": curve.compute_unit,
+        "price_per_hour": price_per_hour,
+        "spent_compute_hours": spent,
+        "limit_compute_hours": limit,
+        "target_fd": target_fd,
+        "floor": floor,
+    }
+    not_reached = f"not reached within {budget_multiple:g}× this budget"
+
+    reached = [p for p in curve.points if p.fd <= target_fd]
+    if reached or (final_fd is not None and final_fd <= target_fd):
+        if reached:
+            first = min(reached, key=lambda p: p.compute_hours)
+            at, where = first.compute_hours, f"gFD {fmt(first.fd)} at step {first.step}"
+        else:
+            at, where = spent, f"the evaluated gFD {fmt(final_fd)} at the end of training"
+        paid = usd(at * price_per_hour)
+        text = f"reached: {where} ≤ {fmt(target_fd)}, after {fmt(at)} {unit} ({paid})"
+        return Projection(
+            status="reached",
+            text=text,
+            n_points=len(curve.points),
+            compute_hours=at,
+            usd=at * price_per_hour,
+            **base,
+        )
+    if target_fd <= floor:
+        text = (
+            f"{not_reached}: the target {fmt(target_fd)} lies at or below the floor "
+            f"{fmt(floor)}, the FD between two samples of the real images themselves"
+        )
+        return Projection(status="not_reached", text=text, n_points=0, **base)
+
+    fit = fit_power_law(
+        [p.compute_hours for p in curve.points], [p.fd for p in curve.points], floor
+    )
+    if fit is None:
+        usable = sum(1 for p in curve.points if p.compute_hours > 0 and p.fd > floor)
+        text = f"too few points to project ({usable} usable, {MIN_POINTS} needed)"
+        return Projection(status="too_few_points", text=text, n_points=usable, **base)
+
+    params = {"n_points": fit.n_points, "a": fit.a, "b": fit.b, "b_stderr": fit.b_stderr}
+    if fit.b <= 0:
+        text = f"{not_reached}: the fitted curve is flat or rising (b = {fit.b:.2g})"
+        return Projection(status="not_reached", text=text, **params, **base)
+
+    central = fit.compute_to_reach(target_fd)
+    low, high = compute_interval(fit, target_fd)
+    if central > limit:
+        needs = f"about {fmt(central)} {unit}, " if math.isfinite(central) else ""
+        text = (
+            f"{not_reached}: the fit needs {needs}"
+            f"more than {budget_multiple:g}× the {fmt(spent)} {unit} spent"
+        )
+        low = low if low <= limit else None
+        return Projection(status="not_reached", text=text, compute_low=low, **params, **base)
+
+    high_shown = high if high <= limit else None
+    interval = (
+        f"{fmt(low)}–{fmt(high_shown)}" if high_shown else f"{fmt(low)} to beyond {fmt(limit)}"
+    )
+    text = (
+        f"about {fmt(central)} {unit} of DiT training in all ({usd(central * price_per_hour)}), "
+        f"{fmt(max(central - spent, 0.0))} more than this trial's; "
+        f"{int(INTERVAL * 100)}% interval {interval} {unit}"
+    )
+    return Projection(
+        status="projected",
+        text=text,
+        compute_hours=central,
+        compute_low=low,
+        compute_high=high_shown,
+        usd=central * price_per_hour,
+        usd_low=low * price_per_hour,
+        usd_high=None if high_shown is None else high_shown * price_per_hour,
+        **params,
+        **base,
+    )

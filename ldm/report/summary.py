@@ -1,0 +1,166 @@
+"""What the report decided, as data: `summary.json`, and the rows `ldm run` prints at its end.
+
+Plain pydantic and no numpy or matplotlib, so the CLI can read a finished report quickly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ABSENT = "—"  # a number nothing measured; never shown as 0
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReportHeader(Model):
+    """Who and what the report is about."""
+
+    trial: str  # the trial's name, e.g. the MLflow experiment
+    created: str  # when the report was written, ISO 8601
+    git_commit: str | None  # of the code that ran the trial; None outside git
+    n_train: int = Field(ge=0)
+    n_val: int = Field(ge=0)
+    classes: list[str]  # empty when the images carry no class labels
+    resolution: int = Field(ge=1)
+
+
+class Projection(Model):
+    """Compute and money for one variant's generator to reach the target gFD."""
+
+    status: Literal["reached", "projected", "not_reached", "too_few_points"]
+    text: str  # the sentence the report shows
+    compute_unit: str  # "gpu_hours" or "cpu_hours", as the curve recorded
+    price_per_hour: float  # USD per compute-hour of that unit
+    spent_compute_hours: float  # the curve's last point: what this trial's generator used
+    limit_compute_hours: float  # projection_budget_multiple x spent; beyond it: "not reached"
+    target_fd: float
+    floor: float
+    n_points: int  # curve points the fit used
+    a: float | None = None  # FD(c) = floor + a * c^(-b)
+    b: float | None = None
+    b_stderr: float | None = None
+    compute_hours: float | None = None  # central estimate; None: beyond the limit or unknown
+    compute_low: float | None = None  # the interval; a None bound lies beyond the limit
+    compute_high: float | None = None
+    usd: float | None = None
+    usd_low: float | None = None
+    usd_high: float | None = None
+
+
+class GateCheck(Model):
+    name: str
+    threshold: float
+    value: float | None
+    passed: bool
+    text: str  # GateResult.describe()
+
+
+class VariantSummary(Model):
+    variant: str
+    psnr: float
+    rfd: float
+    rfd_net: str
+    gfd: float
+    gfd_net: str
+    fd_floor: float  # train vs val: what a perfect generator scores
+    fd_ceiling: float  # decoded N(0, I) latents: what an untrained generator scores
+    relative_fd: float  # 0 at the floor, 1 at the ceiling
+    precision: float
+    recall: float
+    density: float
+    coverage: float
+    usd: float  # the variant's whole trial cost, shared stages included
+    compute_hours: float  # GPU-hours when the variant used GPUs, else CPU-hours
+    compute_unit: str
+    energy_kwh: float | None
+    gap_closed_per_usd: float | None  # (1 - relative_fd) / usd; None when nothing was paid
+    fd_gain_per_compute_hour: float | None  # (ceiling - gFD) / compute_hours
+    staging: list[GateCheck]
+    passed_staging: bool
+    production: list[GateCheck]
+    passed_production: bool  # the gates alone; promotion also needs the version in staging
+    projection: Projection
+
+
+class ReportSummary(Model):
+    header: ReportHeader
+    target_fd: float
+    recommended: str | None  # None: no variant passed the staging gates
+    recommendation: str  # the sentence, for logs and the terminal
+    failed_gates: dict[str, list[str]]  # variant -> descriptions of its failed staging gates
+    trial_usd: float  # every stage counted once (shared stages are in each variant's total)
+    variants: list[VariantSummary]
+    files: list[str]  # what the report folder holds
+
+    @classmethod
+    def read(cls, path: Path) -> ReportSummary:
+        return cls.model_validate_json(Path(path).read_text())
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number for people: about `digits` significant figures, never scientific below 1e6."""
+    if value is None:
+        return ABSENT
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    size = abs(value)
+    if size >= 10 ** (digits - 1) or value == 0:
+        return f"{value:,.0f}"
+    if size >= 1e-3:
+        decimals = digits - 1 - int(f"{size:e}".split("e")[1])
+        return f"{value:,.{decimals}f}"
+    return f"{value:.{digits - 1}e}"
+
+
+def usd(value: float | None) -> str:
+    if value is None:
+        return ABSENT
+    return f"${value:,.2f}" if abs(value) >= 1 or value == 0 else f"${fmt(value, 2)}"
+
+
+@dataclass(frozen=True)
+class TerminalSummary:
+    """The table `ldm run` prints after the trial: one row per variant, then a verdict."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    recommendation: str
+
+
+def summary_rows(summary: ReportSummary) -> TerminalSummary:
+    """Per variant the key numbers with their reference lines, its cost, and the verdict."""
+    first = summary.variants[0]
+    columns = (
+        "variant",
+        "PSNR (dB)",
+        f"rFD ({first.rfd_net})",
+        f"gFD ({first.gfd_net}) [floor..ceiling]",
+        "precision",
+        "recall",
+        "cost (USD)",
+        "recommended",
+    )
+    rows = [
+        (
+            v.variant,
+            fmt(v.psnr),
+            fmt(v.rfd),
+            f"{fmt(v.gfd)} [{fmt(v.fd_floor)}..{fmt(v.fd_ceiling)}]",
+            fmt(v.precision, 2),
+            fmt(v.recall, 2),
+            usd(v.usd),
+            "yes" if v.variant == summary.recommended else "",
+        )
+        for v in summary.variants
+    ]
+    return TerminalSummary(columns, rows, summary.recommendation)

@@ -1,0 +1,136 @@
+"""The report's reference tables: cost per stage, quality per money, gates, sampling speed."""
+
+from __future__ import annotations
+
+from ldm.records import EvaluateRecord, StageCost
+from ldm.report.projection import UNITS
+from ldm.report.summary import ABSENT, ReportSummary, VariantSummary, fmt, usd
+from ldm.report.text import escape, percent, table, wall
+
+
+def _stage_rows(stages: dict[str, StageCost]) -> list[list[str]]:
+    return [
+        [
+            name,
+            escape(c.device_kind),
+            wall(c.wall_seconds),
+            fmt(c.cpu_hours),
+            fmt(c.gpu_hours),
+            fmt(c.energy_kwh),
+            usd(c.usd),
+        ]
+        for name, c in stages.items()
+    ]
+
+
+def cost_section(records: list[EvaluateRecord], s: ReportSummary) -> str:
+    columns = ["stage", "device", "wall time", "CPU-h", "GPU-h", "energy (kWh)", "USD"]
+    parts = [
+        "## Cost",
+        "",
+        f"The whole trial cost {usd(s.trial_usd)} (each stage counted once). A variant's total "
+        "below includes the stages it shares with the others (validate, prepare, ...), so the "
+        "variants' totals add up to more than the trial. Energy shows "
+        f"{ABSENT} where nothing measured it (on a CPU); it is never a zero.",
+        "",
+    ]
+    for record in records:
+        total = record.cost.total
+        rows = _stage_rows(record.cost.stages)
+        rows.append(["**total**", *_stage_rows({"": total})[0][1:]])
+        parts += [f"### {record.variant}", "", table(columns, rows), ""]
+    value_rows = [
+        [
+            v.variant,
+            usd(v.usd),
+            percent(1 - v.relative_fd),
+            ABSENT if v.gap_closed_per_usd is None else f"{percent(v.gap_closed_per_usd)} per $",
+            fmt(v.fd_gain_per_compute_hour),
+            UNITS.get(v.compute_unit, v.compute_unit),
+        ]
+        for v in s.variants
+    ]
+    parts += [
+        "### Quality per money",
+        "",
+        table(
+            [
+                "variant",
+                "total cost",
+                "gap closed",
+                "gap closed per USD",
+                "FD gained per compute-hour",
+                "compute unit",
+            ],
+            value_rows,
+        ),
+        "",
+        "- **gap closed** = 1 − relative FD: the share of the way from an untrained generator "
+        "(ceiling) to real data (floor) that the variant's generator covered.",
+        "- **gap closed per USD** = gap closed / the variant's total cost.",
+        "- **FD gained per compute-hour** = (ceiling − gFD) / the variant's total compute "
+        "(GPU-hours if any stage ran on a GPU, otherwise CPU-hours).",
+        "",
+        "Both compare variants of this trial; they are not rates to extrapolate (the curve "
+        "above shows the returns diminish).",
+    ]
+    return "\n".join(parts)
+
+
+def gates_section(s: ReportSummary) -> str:
+    names = [g.name for g in s.variants[0].staging]
+    if not names:
+        return "## Gates\n\nNo staging gate is switched on: every variant passes."
+
+    def cell(v: VariantSummary, name: str) -> str:
+        gate = next(g for g in v.staging if g.name == name)
+        op = "≤" if name.startswith("max_") else "≥"
+        value = "missing" if gate.value is None else fmt(gate.value)
+        return f"{value} {op} {gate.threshold:g} {'pass' if gate.passed else 'FAIL'}"
+
+    rows = [
+        [v.variant, *(cell(v, n) for n in names), "pass" if v.passed_production else "FAIL"]
+        for v in s.variants
+    ]
+    return "\n".join(
+        [
+            "## Gates",
+            "",
+            table(["variant", *names, "production gates"], rows),
+            "",
+            "The staging gates (`promotion.gates.staging`) decide the recommendation: among the "
+            "variants that pass them all, the lowest gFD wins, and on a tie the cheaper one. "
+            "`ldm promote` checks the same gates. Production also requires the version to have "
+            "held the staging alias.",
+        ]
+    )
+
+
+def speed_section(records: list[EvaluateRecord]) -> str:
+    rows = [
+        [
+            r.variant,
+            escape(r.speed.device_kind),
+            f"{r.speed.solver}, {r.speed.steps} steps, CFG {r.speed.cfg_scale:g}",
+            fmt(r.speed.sample_images_per_second),
+            fmt(r.speed.encode_images_per_second),
+            fmt(r.speed.decode_images_per_second),
+        ]
+        for r in records
+    ]
+    note = (
+        "Measured on a CPU: compare the variants with each other, not with a GPU."
+        if any(r.speed.device_kind == "cpu" for r in records)
+        else "Measured on the GPU named; another GPU model changes the absolute numbers."
+    )
+    return "\n".join(
+        [
+            "## Sampling speed",
+            "",
+            table(
+                ["variant", "device", "sampler", "samples/s", "encode img/s", "decode img/s"], rows
+            ),
+            "",
+            note,
+        ]
+    )

@@ -1,0 +1,128 @@
+"""Write the report folder: Markdown, HTML, charts and `summary.json`, swapped in complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from ldm.config import CostConfig, GatesConfig, ReportConfig
+from ldm.errors import LdmError
+from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost
+from ldm.report.charts import convergence_chart, tradeoff_chart
+from ldm.report.document import CONVERGENCE_PNG, TRADEOFF_PNG, ReportInputs, markdown
+from ldm.report.html import data_uri, to_html
+from ldm.report.projection import project
+from ldm.report.recommend import check_inputs, recommend, summarise_variant
+from ldm.report.summary import ReportHeader, ReportSummary
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+SUMMARY_JSON = "summary.json"
+FILES = (REPORT_MD, REPORT_HTML, TRADEOFF_PNG, CONVERGENCE_PNG, SUMMARY_JSON)
+
+
+def price_per_hour(compute_unit: str, prices: CostConfig) -> float:
+    if compute_unit == "gpu_hours":
+        return prices.gpu_hour_usd
+    if compute_unit == "cpu_hours":
+        return prices.cpu_hour_usd
+    raise LdmError(
+        f"report: a convergence curve counts compute in {compute_unit!r}; expected 'gpu_hours' "
+        "or 'cpu_hours'. Rerun `ldm train-diffusion` with this version of ldm"
+    )
+
+
+def trial_usd(records: list[EvaluateRecord]) -> float:
+    """Every stage once: the shared ones appear in each variant's cost under the same name."""
+    stages: dict[str, StageCost] = {}
+    for record in records:
+        stages |= record.cost.stages
+    return sum(cost.usd for cost in stages.values())
+
+
+def summarise(
+    records: list[EvaluateRecord],
+    curves: dict[str, ConvergenceCurve],
+    report: ReportConfig,
+    gates: GatesConfig,
+    prices: CostConfig,
+    header: ReportHeader,
+) -> ReportSummary:
+    """Every number and the verdict, without writing anything."""
+    check_inputs(records, curves)
+    variants = []
+    for record in records:
+        curve = curves[record.variant]
+        projection = project(
+            curve,
+            floor=record.reference.fd_train_val,
+            target_fd=report.target_fd,
+            price_per_hour=price_per_hour(curve.compute_unit, prices),
+            budget_multiple=report.projection_budget_multiple,
+            final_fd=record.generation.fd,
+        )
+        variants.append(summarise_variant(record, gates, projection))
+    recommended, text, failed = recommend(variants)
+    return ReportSummary(
+        header=header,
+        target_fd=report.target_fd,
+        recommended=recommended,
+        recommendation=text,
+        failed_gates=failed,
+        trial_usd=trial_usd(records),
+        variants=variants,
+        files=list(FILES),
+    )
+
+
+def write_report(
+    out_dir: Path,
+    records: list[EvaluateRecord],
+    curves: dict[str, ConvergenceCurve],
+    *,
+    report: ReportConfig,
+    gates: GatesConfig,
+    prices: CostConfig,
+    header: ReportHeader,
+) -> ReportSummary:
+    """Write `out_dir` (report.md, report.html, the PNG charts, summary.json) and return the
+    summary. The files are built in a sibling folder and swapped in whole, so a failure leaves
+    the previous report as it was."""
+    summary = summarise(records, curves, report, gates, prices, header)
+    inputs = ReportInputs(records=records, curves=curves, report=report, summary=summary)
+    projections = {v.variant: v.projection for v in summary.variants}
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        tradeoff_chart(records, tmp / TRADEOFF_PNG)
+        convergence_chart(records, curves, projections, report.target_fd, tmp / CONVERGENCE_PNG)
+        (tmp / REPORT_MD).write_text(markdown(inputs, lambda name: name), encoding="utf-8")
+        page = markdown(inputs, lambda name: data_uri(tmp / name))
+        title = f"Trial report: {header.trial}"
+        (tmp / REPORT_HTML).write_text(to_html(page, title), encoding="utf-8")
+        (tmp / SUMMARY_JSON).write_text(summary.to_json(), encoding="utf-8")
+        swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by the complete `tmp`; the old folder goes only once the new one is in."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

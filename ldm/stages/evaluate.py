@@ -1,0 +1,241 @@
+"""The evaluate stage: one variant's generator measured, between a floor and a ceiling.
+
+- generation: `evaluate.num_samples` class-balanced samples from fixed noise against the val
+  split: FD, precision, recall, density, coverage, and FD per class;
+- reference lines, with the same network and sample sizes: the train split against the val
+  split (what a perfect generator scores) and decoded N(0, I) latents (what an untrained one
+  scores), so every FD reads between them;
+- the tokenizer's reconstruction quality, as `train_tokenizer@<variant>` measured it;
+- speed of sampling, encoding and decoding, and the variant's whole cost, shared stages included.
+Written as `data/metrics/evaluate@<variant>.json` (`ldm.records.EvaluateRecord`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from ldm.config import Config
+from ldm.devices import pick_device
+from ldm.errors import DataError
+from ldm.paths import Paths
+from ldm.records import (
+    EvaluateRecord,
+    GenerationQuality,
+    ReferenceLines,
+    SamplingSpeed,
+    StageCost,
+    TokenizerQuality,
+    VariantCost,
+    total_cost,
+)
+from ldm.stages.inputs import released_tokenizer
+from ldm.stages.result import StageResult
+from ldm.tracking import Tracker
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+GRID_PER_CLASS = 8  # samples per class row in the logged grid
+
+
+def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ldm.data.prepare import load_split
+    from ldm.generate import image_grid, load_diffusion
+    from ldm.metrics.extract import batches_of, extract_features
+    from ldm.metrics.frechet import frechet_distance_between, frechet_distance_per_class
+    from ldm.metrics.manifold import precision_recall_density_coverage
+    from ldm.pretrained.features import load_eval_features
+
+    ev, sc = cfg.evaluate, cfg.sample
+    device = pick_device(cfg.diffusion.device)
+    tokenizer = released_tokenizer(paths, variant).to(device)
+    if not (paths.diffusion(variant) / "model.safetensors").is_file():
+        raise DataError(
+            f"{paths.diffusion(variant)} holds no trained generator: run "
+            f"`ldm train-diffusion --variant {variant}` first"
+        )
+    model, config = load_diffusion(paths.diffusion(variant))
+    model.to(device)
+    class_names = sorted(config["class_map"], key=config["class_map"].get)
+    net = load_eval_features(ev.features, paths.local(ev.features_weights), ev.features_sha256)
+    net = net.to(device)
+    n, batch = ev.num_samples, ev.batch_size
+
+    val_images, val_labels = load_split(paths.prepared, "val")
+    train_images, _ = load_split(paths.prepared, "train")
+    val = extract_features(net, batches_of(val_images, batch))
+    pick = np.random.default_rng(ev.seed).permutation(len(train_images))[:n]
+    train = extract_features(net, batches_of(train_images[np.sort(pick)], batch))
+
+    generator = torch.Generator(device).manual_seed(ev.seed)
+    noise = torch.randn((n, *tokenizer.latent_shape), generator=generator, device=device)
+    untrained = extract_features(net, decoded(tokenizer, noise, sc.batch_size))
+
+    labels = torch.arange(n) % model.num_classes if model.num_classes else None
+    generated, shown, timing = generate_and_measure(model, tokenizer, net, labels, cfg, device)
+    encode_seconds = time_encoding(tokenizer, val_images, batch, device)
+
+    fd = frechet_distance_between(val, generated)
+    per_class = None
+    if model.num_classes:
+        per_class = frechet_distance_per_class(
+            val, val_labels, generated, labels.numpy(), class_names
+        )
+    paths.evaluation(variant).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(shown, columns=GRID_PER_CLASS)).save(
+        paths.evaluation(variant) / "samples.png"
+    )
+    generation = GenerationQuality(
+        feature_net=net.name,
+        num_samples=n,
+        fd=fd,
+        **precision_recall_density_coverage(val, generated, ev.nearest_k),
+        nearest_k=ev.nearest_k,
+        fd_per_class=per_class,
+    )
+    reference = ReferenceLines(
+        feature_net=net.name,
+        fd_train_val=frechet_distance_between(val, train),
+        fd_random_latents=frechet_distance_between(val, untrained),
+    )
+    speed = SamplingSpeed(
+        solver=sc.solver,
+        steps=sc.steps,
+        cfg_scale=sc.cfg_scale,
+        device_kind="cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
+        sample_images_per_second=n / (timing["sample"] + timing["decode"]),
+        encode_images_per_second=len(val_images) / encode_seconds,
+        decode_images_per_second=n / timing["decode"],
+    )
+    quality = tokenizer_quality(paths, variant)
+    upstream = variant_costs(paths, variant)
+
+    def document(own_metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        """The record, completed with this stage's own cost once it is known."""
+        stages = upstream | {f"evaluate@{variant}": StageCost.from_metrics(own_metrics)}
+        total = total_cost(list(stages.values()))
+        record = EvaluateRecord(
+            variant=variant,
+            tokenizer=quality,
+            generation=generation,
+            reference=reference,
+            speed=speed,
+            cost=VariantCost(total=total, stages=stages),
+        )
+        own = {k: v for k, v in own_metrics.items() if isinstance(v, int | float)}
+        return record.model_dump(), record.metrics() | own
+
+    summary = {
+        "fd": fd,
+        "fd_train_val": reference.fd_train_val,
+        "fd_random_latents": reference.fd_random_latents,
+    }
+    return StageResult(summary, [paths.evaluation(variant)], document=document)
+
+
+def generate_and_measure(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    net: torch.nn.Module,
+    labels: torch.Tensor | None,
+    cfg: Config,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Features of `evaluate.num_samples` generated images, a few of them per class for the
+    grid, and the seconds spent sampling and decoding. Batch by batch: at 256 px, 50,000 images
+    would not fit in memory. Batch k draws its noise from (evaluate.seed, k), so the same
+    settings give the same images."""
+    import numpy as np
+    import torch
+
+    from ldm.data.batches import to_uint8
+    from ldm.diffusion.sample import sample
+    from ldm.progress import progress_bar
+    from ldm.seeds import stream_seed
+
+    sc, n = cfg.sample, cfg.evaluate.num_samples
+    guidance = sc.cfg_scale if labels is not None else 1.0
+    features, shown, timing = [], [], {"sample": 0.0, "decode": 0.0}
+    wanted = {c: GRID_PER_CLASS for c in range(max(1, model.num_classes))}
+    with progress_bar("generate and measure", n, images_per_unit=1) as advance:
+        for k, start in enumerate(range(0, n, sc.batch_size)):
+            stop = min(start + sc.batch_size, n)
+            chunk_labels = None if labels is None else labels[start:stop]
+            generator = torch.Generator(device).manual_seed(stream_seed(cfg.evaluate.seed, k, 2))
+            started = time.perf_counter()
+            latents = sample(
+                model,
+                (stop - start, *tokenizer.latent_shape),
+                None if chunk_labels is None else chunk_labels.to(device),
+                sc.steps,
+                sc.solver,
+                guidance,
+                tuple(sc.cfg_interval),
+                sc.shift,
+                generator,
+                sc.batch_size,
+            )
+            timing["sample"] += time.perf_counter() - started
+            (images,), seconds = decoded(tokenizer, latents, sc.batch_size, timed=True)
+            timing["decode"] += seconds
+            with torch.no_grad():
+                features.append(net(images.to(device)).double().cpu().numpy())
+            pictures = to_uint8(images)  # (b, H, W, 3)
+            for i, label in enumerate([0] * len(images) if chunk_labels is None else chunk_labels):
+                if wanted[int(label)] > 0:
+                    wanted[int(label)] -= 1
+                    shown.append((int(label), pictures[i]))
+            advance(stop - start)
+    shown.sort(key=lambda item: item[0])  # a class per row
+    return np.concatenate(features), np.stack([p for _, p in shown]), timing
+
+
+def decoded(tokenizer: Any, latents: torch.Tensor, batch: int, timed: bool = False) -> Any:
+    """Images in [-1, 1] (a list of CPU batches) of normalised latents; with the seconds
+    decoding took when `timed`."""
+    import torch
+
+    images, started = [], time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(latents), batch):
+            images.append(tokenizer.decode(latents[start : start + batch]).clamp(-1, 1).cpu())
+    return (images, time.perf_counter() - started) if timed else images
+
+
+def time_encoding(tokenizer: Any, images: np.ndarray, batch: int, device: torch.device) -> float:
+    import torch
+
+    from ldm.data.batches import to_model_range
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            tokenizer.encode(to_model_range(images[start : start + batch]).to(device))
+    return time.perf_counter() - started
+
+
+def tokenizer_quality(paths: Paths, variant: str) -> TokenizerQuality:
+    source = paths.stage_metrics(f"train_tokenizer@{variant}")
+    if not source.is_file():
+        raise DataError(f"{source} not found: run `ldm train-tokenizer --variant {variant}`")
+    return TokenizerQuality.from_metrics(json.loads(source.read_text()))
+
+
+def variant_costs(paths: Paths, variant: str) -> dict[str, StageCost]:
+    """What each stage this variant's generator depends on cost, shared stages included."""
+    stages = ["validate", "prepare"]
+    stages += [f"{s}@{variant}" for s in ("train_tokenizer", "encode", "train_diffusion")]
+    costs = {}
+    for stage in stages:
+        source = paths.stage_metrics(stage)
+        if not source.is_file():
+            raise DataError(f"{source} not found: run `ldm {stage.split('@')[0]}` first")
+        costs[stage] = StageCost.from_metrics(json.loads(source.read_text()))
+    return costs

@@ -1,0 +1,129 @@
+"""The report stage: the trial's answer from every variant's evaluation.
+
+Writes `data/reports/` (Markdown, a self-contained HTML page, charts, summary.json), logs it and
+the trial's cost (summed over its stages, and per variant) to the trial's MLflow run, and
+registers each variant's generator in the model registry, the recommended one as `candidate`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ldm.config import Config
+from ldm.errors import DataError
+from ldm.files import write_json_atomic
+from ldm.paths import Paths
+from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost, total_cost
+from ldm.stages.result import StageResult
+from ldm.tracking import Tracker
+
+
+def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
+    from ldm import tracking
+    from ldm.report import ReportHeader, write_report
+
+    records, curves = [], {}
+    for variant in cfg.variants:
+        evaluation, curve = paths.stage_metrics(f"evaluate@{variant}"), paths.convergence(variant)
+        if not evaluation.is_file() or not curve.is_file():
+            raise DataError(
+                f"report needs every variant's evaluation: {evaluation} or {curve} is missing; "
+                f"run `ldm evaluate --variant {variant}` (and the stages before it) first"
+            )
+        records.append(EvaluateRecord.model_validate_json(evaluation.read_text()))
+        curves[variant] = ConvergenceCurve.model_validate_json(curve.read_text())
+    meta = json.loads((paths.prepared / "meta.json").read_text())
+    provenance = tracking.provenance_tags(paths.root)
+    header = ReportHeader(
+        trial=cfg.tracking.experiment,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        git_commit=None if provenance["git_commit"] == "unknown" else provenance["git_commit"],
+        n_train=meta["counts"]["train"],
+        n_val=meta["counts"]["val"],
+        classes=sorted(meta["class_map"], key=meta["class_map"].get)
+        if meta["num_classes"] > 1
+        else [],
+        resolution=meta["resolution"],
+    )
+    summary = write_report(
+        paths.reports,
+        records,
+        curves,
+        report=cfg.report,
+        gates=cfg.promotion.gates,
+        prices=cfg.cost,
+        header=header,
+    )
+    versions = register(cfg, paths, records, summary.recommended, tracker)
+    write_json_atomic(paths.reports / "registry.json", versions)
+    costs = trial_costs(records)
+    parent = tracking.parent_tracker(paths.root)
+    for target in [tracker] + ([parent] if parent is not None else []):
+        target.log_metrics(costs)
+        target.log_artifact(paths.reports)
+        target.set_tags({"ldm.recommended": summary.recommended or "not ready"})
+    metrics = {"trial_usd": summary.trial_usd, "variants": float(len(records))}
+    return StageResult(metrics, [])
+
+
+def register(
+    cfg: Config,
+    paths: Paths,
+    records: list[EvaluateRecord],
+    recommended: str | None,
+    tracker: Tracker,
+) -> dict:
+    """Each variant's generator as a version of `registry.model_name` (an unchanged one is
+    found again, not registered twice); the recommended one gets the alias `candidate`."""
+    import os
+
+    from ldm import tracking
+    from ldm.tracking.promotion import set_candidate
+    from ldm.tracking.registry import Provenance, register_generator
+
+    meta = json.loads((paths.prepared / "meta.json").read_text())
+    tags = tracking.provenance_tags(paths.root)
+    provenance = Provenance(
+        run_id=os.environ.get(tracking.PARENT_RUN_ENV) or getattr(tracker, "run_id", ""),
+        data_manifest_sha256=meta["source_manifest_sha256"],
+        git_commit=tags["git_commit"],
+        dvc_lock_sha256=tags.get("dvc_lock_sha256", ""),
+    )
+    versions, candidate = {}, None
+    for record in records:
+        registration = register_generator(
+            paths.root,
+            cfg.registry.model_name,
+            paths.tokenizer(record.variant),
+            paths.diffusion(record.variant),
+            cfg.sample,
+            record,
+            provenance,
+        )
+        versions[record.variant] = registration.version
+        if record.variant == recommended:
+            candidate = registration.version
+            set_candidate(
+                paths.root,
+                cfg.registry.model_name,
+                candidate,
+                f"the report recommends {recommended}: it passes the staging gates",
+            )
+    return {"model_name": cfg.registry.model_name, "versions": versions, "candidate": candidate}
+
+
+def trial_costs(records: list[EvaluateRecord]) -> dict[str, float]:
+    """`cost/*` summed over the trial's stages (each once), and `cost/<variant>/*` per variant."""
+    stages: dict[str, StageCost] = {}
+    for record in records:
+        stages |= record.cost.stages
+    totals = [(None, total_cost(list(stages.values())))]
+    totals += [(r.variant, r.cost.total) for r in records]
+    flat = {}
+    for variant, cost in totals:
+        prefix = "cost/" if variant is None else f"cost/{variant}/"
+        for key, value in cost.model_dump().items():
+            if isinstance(value, int | float):
+                flat[prefix + key] = float(value)
+    return flat

@@ -1,0 +1,92 @@
+"""evaluate and report as a user runs them: the record, the report, the registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from ldm.cli import app
+from ldm.paths import Paths
+from ldm.records import EvaluateRecord
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + result.stderr
+    return result.output
+
+
+@pytest.fixture
+def trained(project: Path) -> Path:
+    for command in ("validate", "prepare", "train-tokenizer", "encode", "train-diffusion"):
+        invoke(command)
+    return project
+
+
+def test_evaluate_writes_the_record_between_its_reference_lines(trained: Path) -> None:
+    paths = Paths(trained)
+    invoke("evaluate")
+    for variant in ("plain", "aligned"):
+        raw = json.loads(paths.stage_metrics(f"evaluate@{variant}").read_text())
+        # Every FD is named after its network in the file itself.
+        assert "fd_effnet_lite2" in raw["generation"]
+        assert "rfd_effnet_lite2" in raw["tokenizer"]
+        assert "perceptual_effnet_lite2" in raw["tokenizer"]  # never the loss's Lite0
+        record = EvaluateRecord.model_validate(raw)
+        assert record.variant == variant and record.generation.num_samples == 16
+        assert 0 <= record.generation.precision <= 1 and 0 <= record.generation.recall <= 1
+        assert record.reference.fd_train_val > 0 and record.reference.fd_random_latents > 0
+        assert set(record.cost.stages) == {
+            "validate",
+            "prepare",
+            f"train_tokenizer@{variant}",
+            f"encode@{variant}",
+            f"train_diffusion@{variant}",
+            f"evaluate@{variant}",
+        }
+        assert record.cost.total.usd == pytest.approx(
+            sum(c.usd for c in record.cost.stages.values())
+        )
+        assert record.speed.sample_images_per_second > 0
+        assert (paths.evaluation(variant) / "samples.png").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("ldm-poc").experiment_id],
+        "attributes.run_name = 'evaluate@plain'",
+    )
+    assert run.data.metrics["generation/fd_effnet_lite2"] == pytest.approx(
+        record_fd := json.loads(paths.stage_metrics("evaluate@plain").read_text())["generation"][
+            "fd_effnet_lite2"
+        ]
+    )
+    assert record_fd > 0
+
+
+def test_report_registers_each_generator_once_and_recommends(trained: Path) -> None:
+    paths = Paths(trained)
+    invoke("evaluate")
+    # Gates any tiny model passes, so that a recommendation is made.
+    invoke("report", "--set", "promotion.gates.staging.max_relative_fd=1000")
+    summary = json.loads((paths.reports / "summary.json").read_text())
+    assert {v["variant"] for v in summary["variants"]} == {"plain", "aligned"}
+    assert summary["recommended"] in {"plain", "aligned"}
+    html = (paths.reports / "report.html").read_text()
+    assert "<img" in html and 'src="http' not in html
+    registry = json.loads((paths.reports / "registry.json").read_text())
+    assert set(registry["versions"]) == {"plain", "aligned"}
+    assert registry["candidate"] == registry["versions"][summary["recommended"]]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
+    candidate = client.get_model_version_by_alias("ldm-generator", "candidate")
+    assert str(candidate.version) == registry["candidate"]
+    assert candidate.tags["variant"] == summary["recommended"]
+
+    invoke("report", "--set", "promotion.gates.staging.max_relative_fd=1000")
+    versions = client.search_model_versions("name = 'ldm-generator'")
+    assert len(versions) == 2  # nothing changed: nothing new registered
