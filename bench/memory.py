@@ -182,17 +182,17 @@ def main() -> None:
     data_growth = b["prepared images"] - a["prepared images"]
     na, nb = (f"{n:,} images" for n in args.sizes)
     print(f"\npeak RSS (MiB) at {args.resolution} px; growth as a share of the data's growth")
-    print(f"{'stage':<24}{na:>14}{nb:>14}{'growth':>8}{'share':>8}  verdict")
+    print(f"{'stage':<24}{na:>15}{nb:>15}{'growth':>8}{'share':>8}  verdict")
     bounded = True
     for stage in args.stages:
         growth = b[stage] - a[stage]
         ok = growth <= MAX_SHARE * data_growth + NOISE_MIB
         bounded &= ok
         share = f"{100 * growth / data_growth:.0f} %" if data_growth > 0 else "-"
-        numbers = f"{a[stage]:>14.0f}{b[stage]:>14.0f}{growth:>+8.0f}{share:>8}"
+        numbers = f"{a[stage]:>15.0f}{b[stage]:>15.0f}{growth:>+8.0f}{share:>8}"
         print(f"{stage:<24}{numbers}  {'bounded' if ok else 'GROWS WITH THE DATA'}")
     for row in ("prepared images", "latents"):
-        print(f"{row + ' (disk)':<24}{a[row]:>14.0f}{b[row]:>14.0f}{b[row] - a[row]:>+8.0f}")
+        print(f"{row + ' (disk)':<24}{a[row]:>15.0f}{b[row]:>15.0f}{b[row] - a[row]:>+8.0f}")
     sys.exit(0 if bounded else 1)
 
 
