@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 
 import torch
-from diffusers import DiTTransformer2DModel
 from torch import Tensor, nn
 
 from ldm.diffusion import SIZES, create_model
@@ -49,6 +48,9 @@ class DiffusersDiT(nn.Module):
         self, channels: int, latent_size: int, depth: int, width: int, heads: int, patch: int
     ):
         super().__init__()
+        # Imported here: gpu_check.py uses this file's FLOP count on hosts without diffusers.
+        from diffusers import DiTTransformer2DModel
+
         self.net = DiTTransformer2DModel(
             num_attention_heads=heads,
             attention_head_dim=width // heads,

@@ -12,6 +12,7 @@ come, printed here; Prefect's log gets the same lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -80,6 +81,8 @@ def say(line: str) -> None:
 
 def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool:
     """`dvc repro --single-item <stage>`, its output streamed as it comes; True if it ran."""
+    # Same process group as the trial: Ctrl+C, a closed terminal or a kill of the group reach
+    # the stage too, so no stage can outlive its trial and write beside the next one.
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
         cwd=root,
@@ -87,7 +90,6 @@ def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
     )
     lines: list[str] = []
     logger = stage_log()
@@ -105,12 +107,10 @@ def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 15)  # the whole group: dvc, `ldm <stage>` and its workers
-        proc.wait()
+        stop_tree(proc)  # dvc, `ldm <stage>` and its workers
         raise StageFailed(stage, None, f"timed out after {timeout_s / 60:.0f} min") from None
-    except BaseException:  # Ctrl+C or a cancelled flow: stop the stage too, it checkpoints
-        os.killpg(proc.pid, 15)
-        proc.wait()
+    except BaseException:  # a cancelled flow: stop the stage too, it resumes from a checkpoint
+        stop_tree(proc)
         raise
     reader.join(timeout=10)
     if proc.returncode != 0:
@@ -119,6 +119,24 @@ def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool
         cause = next((ln for ln in reversed(lines) if ln and not DVC_HINTS.match(ln)), "")
         raise StageFailed(stage, exit_code, f"failed (exit code {exit_code}): {cause}")
     return not any(SKIPPED.search(line) for line in lines)
+
+
+def stop_tree(proc: subprocess.Popen) -> None:
+    """Terminate a process and everything it started, then reap it."""
+    import psutil
+
+    try:
+        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    proc.wait()
 
 
 def tag_key(stage: str) -> str:

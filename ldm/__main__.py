@@ -1,4 +1,4 @@
-"""`python -m ldm ...` (and `torchrun -m ldm train-diffusion ...` for several GPUs)."""
+"""`python -m ldm ...`; also how a stage with world_size > 1 starts its ranks (ldm/launch.py)."""
 
 from ldm.cli import app
 

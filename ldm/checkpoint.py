@@ -18,13 +18,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ldm.errors import LdmError
 
 STEP_PREFIX = "step-"
 
@@ -95,6 +98,27 @@ def save_state(
     for stale in sorted(work_dir.glob(f"{STEP_PREFIX}*"))[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     return target
+
+
+@contextmanager
+def exclusive(work_dir: Path) -> Iterator[None]:
+    """Train in `work_dir` alone: a second process refuses at once instead of writing beside
+    the first (say, a stage left running by a trial whose terminal was closed)."""
+    from filelock import FileLock, Timeout
+
+    work_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(work_dir.with_name(f".{work_dir.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LdmError(
+            f"another process is training in {work_dir} (an earlier trial still running?): "
+            "wait for it to finish or stop it, then run again"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def latest_state(work_dir: Path) -> Path | None:

@@ -41,6 +41,21 @@ def world_size(stage: str, section: Callable[[str], dict[str, Any]]) -> int:
     return int(section(name)["world_size"]) if name else 1
 
 
+def check_devices(stage: str, section: Callable[[str], dict[str, Any]]) -> None:
+    """One GPU per rank: more ranks than visible GPUs is a setup error, said before starting."""
+    import torch  # device_count asks the driver without starting CUDA in this process
+
+    name = WORLD_SIZE_SECTION[stage]
+    wanted, device = int(section(name)["world_size"]), section(name)["device"]
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    on_gpus = device == "cuda" or (device == "auto" and visible > 0)
+    if on_gpus and visible < wanted:
+        raise LdmError(
+            f"{name}.world_size is {wanted} but {visible} GPU(s) are visible: lower "
+            f"{name}.world_size (one process per GPU) or make more GPUs visible"
+        )
+
+
 def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 

@@ -52,10 +52,14 @@ TINY_PARAMS = {
 
 
 def set_params(params_path: Path, values: dict[str, object]) -> None:
+    """Write `section.key[.key...]: value` into a params file (no comments to keep here)."""
     raw = yaml.safe_load(params_path.read_text())
     for dotted, value in values.items():
-        section, key = dotted.split(".")
-        raw[section][key] = value
+        *parents, key = dotted.split(".")
+        node = raw
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 

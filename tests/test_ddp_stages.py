@@ -16,7 +16,9 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from ldm import launch
 from ldm.cli import app
+from ldm.errors import LdmError
 from ldm.paths import Paths
 from ldm.tokenizer.release import load_tokenizer
 from tests.conftest import set_params
@@ -68,6 +70,7 @@ def prepared(project: Path) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_two_processes_through_torchrun_train_what_one_process_trains(
     prepared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,6 +98,8 @@ def test_two_processes_through_torchrun_train_what_one_process_trains(
     assert metrics["train/final_loss"] == pytest.approx(single_metrics["train/final_loss"], 1e-4)
     assert metrics["cost/device_kind"] == "cpu" and metrics["cost/device_count"] == 0
     assert metrics["cost/gpu_hours"] == 0 and "cost/energy_kwh" not in metrics
+    # The ranks' CPU time counts (children of the launcher, which itself only waits).
+    assert metrics["cost/cpu_hours"] > single_metrics["cost/cpu_hours"]
     assert (paths.work(stage) / "step-00000004").is_dir()  # rank 0 saved the last step
     latest = runs_named(prepared, stage)[0]  # newest first: one run for the 2-process job
     assert latest.info.status == "FINISHED"
@@ -120,6 +125,7 @@ def test_a_rank_error_fails_the_command_with_its_message_and_code(prepared: Path
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_dvc_repro_records_a_two_process_stage_like_any_other(prepared: Path) -> None:
     set_params(prepared / "params.yaml", {"tokenizer.world_size": 2})
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -137,3 +143,18 @@ def test_dvc_repro_records_a_two_process_stage_like_any_other(prepared: Path) ->
     assert lock["train_tokenizer@plain"]["params"]["params.yaml"]["tokenizer"]["world_size"] == 2
     (run,) = runs_named(prepared, "train_tokenizer@plain")
     assert run.info.status == "FINISHED"
+
+
+def test_more_ranks_than_gpus_is_refused_before_any_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    section = {"world_size": 2, "device": "auto"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(LdmError, match=r"diffusion.world_size is 2 but 1 GPU"):
+        launch.check_devices("train_diffusion", lambda name: section)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    launch.check_devices("train_diffusion", lambda name: section)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    launch.check_devices("train_diffusion", lambda name: section)  # auto on a CPU: gloo ranks
+    with pytest.raises(LdmError, match="0 GPU"):
+        launch.check_devices("train_diffusion", lambda name: section | {"device": "cuda"})

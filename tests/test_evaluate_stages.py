@@ -84,7 +84,7 @@ def test_report_registers_each_generator_once_and_recommends(trained: Path) -> N
 
     client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     candidate = client.get_model_version_by_alias("ldm-generator", "candidate")
-    assert candidate.version == registry["candidate"]
+    assert str(candidate.version) == registry["candidate"]
     assert candidate.tags["variant"] == summary["recommended"]
 
     invoke("report", "--set", "promotion.gates.staging.max_relative_fd=1000")

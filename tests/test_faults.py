@@ -125,10 +125,10 @@ def test_a_trial_killed_in_train_diffusion_resumes_from_its_last_checkpoint(
 
     result = ldm_run(project)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming at step {killed_at}" in result.stdout, result.stdout
     lines = result.stdout.splitlines()
     for stage in ("validate", "prepare", "train_tokenizer@plain", "encode@plain"):
         assert any(line.split() == [stage, "skipped"] for line in lines), stage
-    assert f"resuming at step {killed_at}" in result.stdout + result.stderr
     assert killed_at >= 40  # at most one checkpoint interval (20 steps) was lost
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ldm-poc").experiment_id])

@@ -68,6 +68,28 @@ def test_cfg_guides_every_channel_inside_the_interval_only() -> None:
     torch.testing.assert_close(guided_velocity(model, x, 0.95, y, 4.0, (0.1, 0.9)), cond)
 
 
+def test_sample_applies_the_guidance_formula_inside_the_interval_only() -> None:
+    # The whole sampler at a scale other than 1, against Euler written out by hand with
+    # v = v_u + s·(v_c − v_u) for t inside [0.2, 0.7] and v = v_c outside.
+    model, scale, interval = ClassOffset(), 3.0, (0.2, 0.7)
+    y = torch.tensor([0, 2])
+    generator = torch.Generator().manual_seed(5)
+    out = sample(model, (2, 3, 4, 4), y, 10, "euler", scale, interval, 1.0, generator)
+    x = torch.randn((2, 3, 4, 4), generator=torch.Generator().manual_seed(5))
+    grid = time_grid(10, 1.0).tolist()
+    guided_steps = 0
+    for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+        cond = model(x, torch.full((2,), t), y)
+        v = cond
+        if interval[0] <= t <= interval[1]:
+            uncond = model(x, torch.full((2,), t), torch.full_like(y, model.num_classes))
+            v = uncond + scale * (cond - uncond)
+            guided_steps += 1
+        x = x + (t_next - t) * v
+    assert 0 < guided_steps < 10  # the interval really splits the trajectory
+    torch.testing.assert_close(out, x)
+
+
 def test_sampling_is_deterministic_under_a_seed_and_batch_size() -> None:
     model = unzero(create_model("T/2", 4, 8, 3))  # a non-trivial velocity field
     labels = torch.tensor([0, 1, 2, 0, 1])

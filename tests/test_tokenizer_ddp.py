@@ -44,7 +44,7 @@ def _worker(rank: int, port: int, work: str, aligned: bool, sets: dict[str, obje
             run.batches.images = IMAGES.repeat(2, 1).repeat(2, 2)  # (N, 32, 32, 3)
             run.val_images = run.val_images.repeat_interleave(2, -1).repeat_interleave(2, -2)
         run.dist = dist
-        fit(run, NullTracker(), lambda n: None)
+        fit(run, NullTracker(), lambda n, **_: None)
         state = {"model": run.model.state_dict(), "history": run.history}
         if aligned:
             state["projection"] = run.alignment.projection.state_dict()
@@ -72,7 +72,7 @@ def test_aligned_training_on_two_processes_matches_one_process(tmp_path: Path) -
     torch.set_num_threads(1)
     ranks = two_processes(tmp_path / "ddp", aligned=True)
     single = make_run(tmp_path / "one", STEPS, aligned=True)
-    fit(single, NullTracker(), lambda n: None)
+    fit(single, NullTracker(), lambda n, **_: None)
     expected = outputs(single.model, single.model.state_dict())
     got = outputs(make_run(tmp_path / "x", STEPS).model, ranks[0]["model"])
     for ours, theirs in zip(got, expected, strict=True):

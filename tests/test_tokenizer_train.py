@@ -11,6 +11,7 @@ import torch
 from ldm import checkpoint, config
 from ldm.align import VFProjection
 from ldm.data.batches import ImageBatches, to_model_range
+from ldm.errors import LdmError
 from ldm.pretrained.foundation import load_foundation
 from ldm.stages.tokenizer import RESUMABLE_SETTINGS
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
@@ -219,3 +220,66 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
     assert learning_rate(tok, 100, 100) == pytest.approx(0.1)
     constant = tok.model_copy(update={"lr_schedule": "constant"})
     assert learning_rate(constant, 50, 100) == pytest.approx(1.0)
+
+
+def test_one_process_trains_in_a_work_folder_at_a_time(tmp_path: Path) -> None:
+    work = tmp_path / "train_tokenizer@plain"
+    with (
+        checkpoint.exclusive(work),
+        pytest.raises(LdmError, match="another process is training"),
+        checkpoint.exclusive(work),
+    ):
+        pass
+    with checkpoint.exclusive(work):  # released when the first one finished
+        pass
+
+
+def test_the_patchgan_loss_reaches_the_generator_after_disc_start(tmp_path: Path) -> None:
+    recorder = Recorder()
+    with_gan = make_run(tmp_path / "gan", 5, disc_weight=0.5, disc_start=2)
+    fit(with_gan, recorder, lambda n, **_: None)
+    without = make_run(tmp_path / "plain", 5)
+    fit(without, NullTracker(), lambda n, **_: None)
+    logged = {key for metrics in recorder.metrics for key in metrics}
+    assert {"train/gan_g", "train/gan_d", "train/gan_adaptive_weight"} <= logged
+    # Same start, same batches: the decoders part only through the GAN term.
+    decoder = "decoder.conv_out.weight"
+    assert not torch.equal(
+        with_gan.model.state_dict()[decoder], without.model.state_dict()[decoder]
+    )
+
+
+def test_two_steps_before_disc_start_match_a_run_without_the_gan(tmp_path: Path) -> None:
+    with_gan = make_run(tmp_path / "gan", 2, disc_weight=0.5, disc_start=2)
+    fit(with_gan, NullTracker(), lambda n, **_: None)
+    without = make_run(tmp_path / "plain", 2)
+    fit(without, NullTracker(), lambda n, **_: None)
+    for name, value in with_gan.model.state_dict().items():
+        torch.testing.assert_close(value, without.model.state_dict()[name], msg=name)
+
+
+def test_the_real_loop_weighs_the_vf_loss_on_the_encoders_last_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ldm.tokenizer.train as loop
+
+    seen: list[torch.Tensor] = []
+    real = loop.adaptive_vf_weight
+
+    def spy(rec, vf, layer_weight, max_value, *rest):  # noqa: ANN001, ANN202
+        seen.append(layer_weight)
+        return real(rec, vf, layer_weight, max_value, *rest)
+
+    monkeypatch.setattr(loop, "adaptive_vf_weight", spy)
+    run = make_run(tmp_path, 2, aligned=True)
+    fit(run, NullTracker(), lambda n, **_: None)
+    assert len(seen) == 2
+    assert all(w is run.model.encoder.conv_out.weight for w in seen)
+
+
+class Recorder(NullTracker):
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, float]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append(metrics)

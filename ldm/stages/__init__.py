@@ -121,8 +121,10 @@ def run(
             # Started by hand under torchrun: only rank 0 records; the others train silently.
             return spec.function(cfg, paths, tracking.NullTracker(), *args)
         processes = launch.world_size(stage, cfg.section)
-        if processes > 1 and not launch.under_torchrun() and command is None:
-            raise LdmError(f"{name}: world_size {processes} needs the stage's command to relaunch")
+        if processes > 1 and not launch.under_torchrun():
+            if command is None:
+                raise LdmError(f"{name}: world_size {processes} needs its command to relaunch")
+            launch.check_devices(stage, cfg.section)
         return _run_recorded(spec, name, args, cfg, paths, processes, command)
     except OSError as err:
         if err.errno not in CANNOT_WRITE:
@@ -136,7 +138,15 @@ def run(
 
 
 # Errors that mean the disk or a folder refuses the stage's output, not a bug to retry.
-CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+CANNOT_WRITE = {
+    errno.ENOSPC,  # disk full
+    errno.EDQUOT,
+    errno.EACCES,  # a folder without write permission
+    errno.EPERM,
+    errno.EROFS,  # a read-only mount
+    errno.ENOTDIR,  # a file where an output folder should be
+    errno.EEXIST,
+}
 
 
 def _run_recorded(

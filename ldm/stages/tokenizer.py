@@ -127,7 +127,8 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
             if dist.is_main
             else nullcontext(lambda n, **_: None)
         )
-        with bar as advance:
+        alone = checkpoint.exclusive(run.work_dir) if dist.is_main else nullcontext()
+        with alone, bar as advance:
             metrics = fit(run, tracker, advance)
     finally:
         cleanup()

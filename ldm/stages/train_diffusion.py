@@ -7,6 +7,7 @@ scale.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from ldm.config import Config
@@ -108,9 +109,13 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     if dist.is_main:  # rank 0 alone samples and measures
         run.probe = convergence_probe(cfg, paths, tokenizer, num_classes, device)
     try:
-        with progress_bar(
-            f"train_diffusion@{variant}", diff.steps, images_per_unit=diff.batch_size
-        ) as advance:
+        alone = checkpoint.exclusive(run.work_dir) if dist.is_main else nullcontext()
+        with (
+            alone,
+            progress_bar(
+                f"train_diffusion@{variant}", diff.steps, images_per_unit=diff.batch_size
+            ) as advance,
+        ):
             metrics = fit_diffusion(run, tracker, advance)
         if dist.is_main:
             checkpoint.save_release(

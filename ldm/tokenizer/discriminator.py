@@ -2,7 +2,8 @@
 
 Non-obvious choices, all as in taming's `NLayerDiscriminator` and `VQLPIPSWithDiscriminator`:
 - kernel 4 with padding 1: three stride-2 convs and two stride-1 convs map 32 px to a 2x2 patch
-  map and 256 px to 30x30; inputs must be at least 24 px.
+  map and 256 px to 30x30, which needs at least 24 px; smaller images get fewer layers
+  (`layers_for`), so a 16 px trial can switch the GAN on too.
 - BatchNorm, so convs before a norm carry no bias; N(0, 0.02) weights, BatchNorm gammas N(1, 0.02).
 - The GAN term is scaled by ‖∇ rec‖ / ‖∇ gan‖ on the decoder's last layer, clamped and detached.
 """
@@ -23,6 +24,14 @@ def weights_init(m: nn.Module) -> None:
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
+
+
+def layers_for(resolution: int) -> int:
+    """taming's 3 layers, or as many as keep at least one patch: H / 2^n - 2 >= 1."""
+    n = 3
+    while n > 1 and resolution / 2**n - 2 < 1:
+        n -= 1
+    return n
 
 
 class NLayerDiscriminator(nn.Module):

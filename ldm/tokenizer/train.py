@@ -46,6 +46,7 @@ from ldm.tokenizer.discriminator import (
     adaptive_gan_weight,
     gan_generator_loss,
     hinge_d_loss,
+    layers_for,
 )
 from ldm.tokenizer.model import Tokenizer
 
@@ -225,7 +226,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
     optimizers = {"g": torch.optim.AdamW(trained, lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)}
     disc = disc_net = None
     if cfg.disc_weight > 0:
-        disc = NLayerDiscriminator()
+        disc = NLayerDiscriminator(n_layers=layers_for(model.arch.resolution))
         if dist.world_size > 1 and cuda:  # the same parameters, BatchNorm over the global batch
             disc = nn.SyncBatchNorm.convert_sync_batchnorm(disc)
         disc = run.discriminator = modules["disc"] = disc.to(device)
