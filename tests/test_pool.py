@@ -284,3 +284,15 @@ def test_train_diffusion_on_a_work_pool_leaves_what_a_local_trial_leaves(
     assert "must be a multiple of world_size" in failed.stdout
     assert "! train_diffusion@plain: failed (exit code 1)" in failed.stdout
     assert "(attempt 2)" not in failed.stdout and "> evaluate@plain" not in failed.stdout
+
+
+def test_a_trial_sent_to_a_pool_without_servers_or_remote_stops_at_once_naming_them(
+    project: Path, prefect_server
+) -> None:
+    one_variant(project)
+    result = ldm_run(project, "--set", f"orchestration.gpu_pool={POOL}", timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"train_diffusion@plain: it runs on the work pool '{POOL}'" in result.stderr
+    assert "MLFLOW_TRACKING_URI" in result.stderr and "dvc remote add -d" in result.stderr
+    assert "PREFECT_API_URL" not in result.stderr  # this one is set: the test server
+    assert "> validate" not in result.stdout  # no stage ran
