@@ -10,6 +10,8 @@ only the stage's entry differs), the stage's outputs (`dvc pull`) and its `cache
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -33,9 +35,6 @@ POLL_S = 2.0
 
 def check_setup(root: Path, stage: str, pool: str) -> None:
     """Fail before any stage runs when `stage` could not run on `pool` and come back."""
-    import subprocess
-    import sys
-
     from prefect.settings import PREFECT_API_URL
 
     missing = []
@@ -104,9 +103,6 @@ def run_on_pool(root: Path, stage: str, pool: str, parent_run_id: str, timeout_s
 
 def changes(root: Path, stage: str) -> dict:
     """What `dvc status` finds changed in `stage` (nothing when it is up to date)."""
-    import subprocess
-    import sys
-
     status = subprocess.run(
         [sys.executable, "-m", "dvc", "status", "--json", stage],
         cwd=root,
@@ -124,8 +120,8 @@ def take_lock(root: Path, stage: str, theirs: str) -> None:
     lock = root / "dvc.lock"
     mine = yaml.safe_load(lock.read_text()) if lock.is_file() else None
 
-    def others(text_or_tree: dict | None) -> dict:
-        entries = ((text_or_tree or {}).get("stages")) or {}
+    def others(tree: dict | None) -> dict:
+        entries = (tree or {}).get("stages") or {}
         return {name: entry for name, entry in entries.items() if name != stage}
 
     if others(mine) != others(yaml.safe_load(theirs)):
