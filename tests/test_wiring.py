@@ -154,7 +154,7 @@ def test_each_stage_depends_on_exactly_the_code_it_runs() -> None:
                 target = REPO / dep
                 files = target.rglob("*.py") if target.is_dir() else [target]
                 listed |= {str(f.relative_to(REPO)) for f in files}
-        assert listed == code_closure(spec.function.__module__), stage
+        assert listed == code_closure(spec.module), stage
 
 
 def test_each_stage_depends_on_exactly_the_params_it_reads() -> None:

@@ -18,13 +18,15 @@ from ldm.cost import CostMeter, device_of_this_process
 from ldm.errors import DataError, LdmError
 from ldm.files import write_json_atomic
 from ldm.paths import Paths
-from ldm.stages import encode, evaluate, prepare, report, tokenizer, train_diffusion, validate
 from ldm.stages.result import StageResult
 
 
 @dataclass(frozen=True)
 class Stage:
-    function: Callable[..., StageResult]  # (cfg, paths, tracker[, variant]) -> StageResult
+    # The module and function that compute the stage, imported when it runs: a stage process
+    # then loads only what its own stage needs (validate never imports torch).
+    module: str
+    name: str
     # The params it reads that change what it writes: its DVC params (a test keeps them equal)
     # and, by section, the params logged with its run. `variants.${key}` is the variant's entry.
     params: tuple[str, ...]
@@ -34,6 +36,12 @@ class Stage:
     writes_metrics_file: bool = True
 
     @property
+    def function(self) -> Callable[..., StageResult]:  # (cfg, paths, tracker[, variant])
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.name)
+
+    @property
     def sections(self) -> list[str]:
         return [s for s in dict.fromkeys(k.split(".")[0] for k in self.params) if s != "variants"]
 
@@ -41,12 +49,15 @@ class Stage:
 # The pipeline's stages in DAG order. dvc.yaml and the Prefect flow use the same names
 # (tests/test_wiring.py checks it); per-variant stages are DVC `foreach` stages.
 STAGES: dict[str, Stage] = {
-    "validate": Stage(validate.validate, ("data.raw_dir", "validate")),
+    "validate": Stage("ldm.stages.validate", "validate", ("data.raw_dir", "validate")),
     "prepare": Stage(
-        prepare.prepare, ("data.raw_dir", "data.resolution", "data.val_fraction", "prepare")
+        "ldm.stages.prepare",
+        "prepare",
+        ("data.raw_dir", "data.resolution", "data.val_fraction", "prepare"),
     ),
     "train_tokenizer": Stage(
-        tokenizer.train_tokenizer,
+        "ldm.stages.tokenizer",
+        "train_tokenizer",
         (
             "variants.${key}",
             "data.resolution",
@@ -59,9 +70,12 @@ STAGES: dict[str, Stage] = {
         ),
         per_variant=True,
     ),
-    "encode": Stage(encode.encode, ("tokenizer.device", "evaluate.batch_size"), per_variant=True),
+    "encode": Stage(
+        "ldm.stages.encode", "encode", ("tokenizer.device", "evaluate.batch_size"), per_variant=True
+    ),
     "train_diffusion": Stage(
-        train_diffusion.train_diffusion,
+        "ldm.stages.train_diffusion",
+        "train_diffusion",
         (
             "diffusion",
             "sample",
@@ -73,10 +87,14 @@ STAGES: dict[str, Stage] = {
         per_variant=True,
     ),
     "evaluate": Stage(
-        evaluate.evaluate, ("evaluate", "sample", "diffusion.device"), per_variant=True
+        "ldm.stages.evaluate",
+        "evaluate",
+        ("evaluate", "sample", "diffusion.device"),
+        per_variant=True,
     ),
     "report": Stage(
-        report.report,
+        "ldm.stages.report",
+        "report",
         ("report", "promotion", "registry", "sample", "tracking.experiment"),
         writes_metrics_file=False,
     ),
