@@ -15,6 +15,7 @@ from ldm.losses import Reduce, gradient_norm_ratio
 __all__ = [
     "VFProjection",
     "adaptive_vf_weight",
+    "cka_from_covariance",
     "latent_feature_cka",
     "linear_cka",
     "marginal_cosine_loss",
@@ -110,6 +111,19 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     norm_x = torch.linalg.matrix_norm(x.T @ x)  # ‖XᵀX‖_F
     norm_y = torch.linalg.matrix_norm(y.T @ y)  # ‖YᵀY‖_F
     denom = norm_x * norm_y
+    if denom == 0:
+        return 0.0  # a constant side shares no variance with anything
+    return (cross / denom).item()
+
+
+def cka_from_covariance(cov: torch.Tensor, dim_x: int) -> float:
+    """Linear CKA from the joint covariance (D1 + D2, D1 + D2) of rows [x, y], x the first
+    `dim_x` columns: what `linear_cka` gives for the rows, without holding them."""
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    cross = torch.linalg.matrix_norm(cov[dim_x:, :dim_x]) ** 2  # ‖YᵀX‖²_F up to (N - 1)²
+    denom = torch.linalg.matrix_norm(cov[:dim_x, :dim_x]) * torch.linalg.matrix_norm(
+        cov[dim_x:, dim_x:]
+    )
     if denom == 0:
         return 0.0  # a constant side shares no variance with anything
     return (cross / denom).item()

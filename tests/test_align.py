@@ -14,6 +14,7 @@ from torch import nn
 from ldm.align import (
     VFProjection,
     adaptive_vf_weight,
+    cka_from_covariance,
     latent_feature_cka,
     linear_cka,
     marginal_cosine_loss,
@@ -237,3 +238,13 @@ def test_latent_feature_cka_flattens_positions() -> None:
     assert latent_feature_cka(lat, lat) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="grid"):
         latent_feature_cka(lat, torch.randn(2, 7, 4, 4))
+
+
+def test_cka_from_the_joint_covariance_is_linear_cka_of_the_rows() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(400, 3, generator=g) + 5.0
+    y = torch.cat([x @ torch.randn(3, 5, generator=g), torch.randn(400, 2, generator=g)], dim=1)
+    joint = torch.cat([x, y], dim=1).double()
+    cov = torch.cov(joint.T)  # (8, 8)
+    assert cka_from_covariance(cov, 3) == pytest.approx(linear_cka(x, y), rel=1e-9)
+    assert cka_from_covariance(torch.zeros(8, 8), 3) == 0.0

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
 from ldm.cli import app
+from ldm.data.latents import open_latents
 from ldm.paths import Paths
 from ldm.records import ConvergenceCurve
 
@@ -39,9 +41,14 @@ def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) ->
     n_train = json.loads((paths.prepared / "meta.json").read_text())["counts"]["train"]
     assert meta["count"] == 2 * n_train  # every image and its mirror
     assert meta["shape"] == [8, 4, 4]
-    latents = np.load(paths.latents("plain") / "latents.npy")
+    assert sum(s["count"] for s in meta["shards"]) == meta["count"]
+    assert all(s["count"] <= 64 for s in meta["shards"])  # prepare.shard_size in the tiny project
+    latents, labels = open_latents(paths.latents("plain"), meta)
+    every = latents[torch.arange(len(latents))]  # (2N, 8, 4, 4)
     # Normalised by the tokenizer's own statistics: about zero mean and unit spread.
-    assert abs(latents.mean()) < 0.5 and 0.5 < latents.std() < 2.0
+    assert abs(every.mean()) < 0.5 and 0.5 < every.std() < 2.0
+    np.testing.assert_allclose(every.mean(dim=(0, 2, 3)), meta["channel_mean"], atol=1e-5)
+    assert torch.equal(labels[:n_train], labels[n_train:])  # the mirror images keep their labels
 
     invoke("train-diffusion", "--variant", "plain")
     release = paths.diffusion("plain")

@@ -16,6 +16,7 @@ from skimage.metrics import structural_similarity
 from ldm.errors import LdmError
 from ldm.metrics.extract import batches_of, extract_features
 from ldm.metrics.frechet import (
+    RunningMoments,
     feature_stats,
     frechet_distance,
     frechet_distance_between,
@@ -121,6 +122,21 @@ def test_frechet_distance_matches_scipy_and_stays_real_with_few_samples() -> Non
     fd = frechet_distance(*feature_stats(few_a), *feature_stats(few_b))
     assert np.isfinite(fd) and fd > 0
     assert frechet_distance(*feature_stats(few_a), *feature_stats(few_a)) < 1e-6
+
+
+def test_running_moments_give_the_stats_of_all_rows_batch_by_batch() -> None:
+    rng = np.random.default_rng(4)
+    # A mean far above the spread: naive sums of squares would lose the covariance's digits.
+    rows = 1e4 + rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6))
+    moments = RunningMoments()
+    for part in np.split(rows, [1, 50, 51, 200]):  # uneven batches, one of a single row
+        moments.add(torch.from_numpy(part))
+    mean, cov = moments.stats()
+    expected_mean, expected_cov = feature_stats(rows)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(cov, expected_cov, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        RunningMoments().stats()
 
 
 # -- Frechet distance against its closed form ---------------------------------------------------

@@ -2,13 +2,25 @@
 
 Batch k is a function of (seed, k) alone: every epoch is a fresh permutation drawn from the
 seed and the epoch number, and each batch's flips from the seed and k. A run resumed at step k
-therefore sees exactly the batches the uninterrupted run would have seen.
+therefore sees exactly the batches the uninterrupted run would have seen. Images are read per
+batch, so a split stored as memory-mapped shards (`ShardedArray`) is never loaded whole.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ldm.data.shards import ShardedArray
+
+# In-training checks reconstruct at most this many val images, spread evenly over the split:
+# enough for a steady L1/PSNR curve and a grid of every class, at a cost in memory and time that
+# does not grow with the split (256 images at 256 px are 200 MB as float32). The final
+# measurement still covers the whole val split, batch by batch.
+CHECK_IMAGES = 256
 
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:
@@ -23,9 +35,21 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def check_images(images: np.ndarray | ShardedArray) -> torch.Tensor:
+    """A fixed subset of uint8 NHWC `images`, evenly spread (the split is ordered by class), in
+    [-1, 1]: (K, 3, H, W) with K = min(N, CHECK_IMAGES)."""
+    k = min(len(images), CHECK_IMAGES)
+    return to_model_range(images[np.unique(np.linspace(0, len(images) - 1, k).round().astype(int))])
+
+
 class ImageBatches:
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, hflip: bool
+        self,
+        images: np.ndarray | ShardedArray,  # (N, H, W, 3) uint8, read one batch at a time
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        hflip: bool,
     ) -> None:
         if len(images) == 0:
             raise ValueError("no images to train on")

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ldm.data.images import decode_rgb
 from ldm.data.parallel import ordered_map
+from ldm.data.shards import ShardedArray
 from ldm.errors import DataError
 
 SPLITS = ("train", "val")
@@ -230,8 +231,8 @@ def _meta(
     }
 
 
-def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images N x H x W x 3 uint8, labels N int64) of one split; memory-mapped if one shard."""
+def load_split(prepared_dir: Path, split: str) -> tuple[ShardedArray, np.ndarray]:
+    """(images N x H x W x 3 uint8, read from the shards per access; labels N int64 in memory)."""
     meta_path = Path(prepared_dir) / "meta.json"
     if not meta_path.is_file():
         raise DataError(f"{prepared_dir}: no prepared data (meta.json missing); run `ldm prepare`")
@@ -241,12 +242,13 @@ def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             f"{prepared_dir}: unknown split {split!r}; expected one of {sorted(shards)}"
         )
     folder = Path(prepared_dir) / split
-    images = [
-        np.load(folder / s["images"], mmap_mode="r", allow_pickle=False) for s in shards[split]
-    ]
-    labels = [
-        np.load(folder / s["labels"], mmap_mode="r", allow_pickle=False) for s in shards[split]
-    ]
-    if len(images) == 1:
-        return images[0], labels[0]
-    return np.concatenate(images), np.concatenate(labels)
+    images = ShardedArray([folder / s["images"] for s in shards[split]])
+    # 8 bytes an image: the labels of even a million images fit in memory.
+    labels = np.concatenate(
+        [np.load(folder / s["labels"], allow_pickle=False) for s in shards[split]]
+    ).astype(np.int64, copy=False)
+    if len(labels) != len(images):
+        raise DataError(
+            f"{folder}: {len(images)} images but {len(labels)} labels; run `ldm prepare` again"
+        )
+    return images, labels

@@ -40,6 +40,7 @@ from ldm.seeds import stream_seed
 
 if TYPE_CHECKING:  # the config module imports pydantic and yaml; the loop only needs the types
     from ldm.config import DiffusionConfig, SampleConfig
+    from ldm.data.latents import LatentRows
     from ldm.tracking import Tracker
 
 LOG_EVERY = 10  # steps between logged points
@@ -59,7 +60,9 @@ class DiffusionRun:
     model: LightningDiT
     cfg: DiffusionConfig
     sample_cfg: SampleConfig
-    latents: Tensor  # (N, C, h, w) float, already normalised with the tokenizer's statistics
+    # (N, C, h, w) float, normalised with the tokenizer's statistics; a tensor or a reader of
+    # shards that gives a tensor for a tensor of indices
+    latents: Tensor | LatentRows
     labels: Tensor  # (N,) long class ids
     num_classes: int
     work_dir: Path  # resume points live here

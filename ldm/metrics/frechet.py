@@ -36,6 +36,40 @@ def feature_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.n
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
+class RunningMoments:
+    """Mean and covariance of (N, D) rows added batch by batch: memory D², not N·D.
+
+    float64 sums of the rows minus the first batch's mean (the shifted-data formula), so the
+    covariance keeps its digits when the mean is large next to the spread. They stay on the
+    rows' device.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+        self.outer: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        r = rows.detach().double()  # (B, D)
+        if self.shift is None:
+            self.shift = r.mean(dim=0)
+            self.total = torch.zeros_like(self.shift)
+            self.outer = r.new_zeros(len(self.shift), len(self.shift))
+        r = r - self.shift
+        self.count += len(r)
+        self.total += r.sum(dim=0)
+        self.outer += r.T @ r  # (D, D)
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (D,) and covariance (D, D), float64, as `feature_stats` of all rows gives."""
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 rows, got {self.count}")
+        mean = self.total / self.count
+        cov = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        return (mean + self.shift).cpu().numpy(), cov.cpu().numpy()
+
+
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:

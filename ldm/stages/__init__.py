@@ -71,7 +71,10 @@ STAGES: dict[str, Stage] = {
         per_variant=True,
     ),
     "encode": Stage(
-        "ldm.stages.encode", "encode", ("tokenizer.device", "evaluate.batch_size"), per_variant=True
+        "ldm.stages.encode",
+        "encode",
+        ("tokenizer.device", "evaluate.batch_size", "prepare.shard_size"),
+        per_variant=True,
     ),
     "train_diffusion": Stage(
         "ldm.stages.train_diffusion",

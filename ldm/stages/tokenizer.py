@@ -46,7 +46,7 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
 
     from ldm import checkpoint
     from ldm.align import VFProjection
-    from ldm.data.batches import ImageBatches, to_model_range
+    from ldm.data.batches import ImageBatches, check_images
     from ldm.data.prepare import load_split
     from ldm.distributed import cleanup, init_distributed
     from ldm.pretrained.features import load_eval_features
@@ -67,8 +67,9 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
             f"prepared images are {meta['resolution']} px but data.resolution is "
             f"{cfg.data.resolution}: run `ldm prepare` again"
         )
-    train_images, train_labels = load_split(paths.prepared, "train")
-    val_images = to_model_range(load_split(paths.prepared, "val")[0])  # (N, 3, H, W)
+    train_images, train_labels = load_split(paths.prepared, "train")  # shards, read per batch
+    val_images = load_split(paths.prepared, "val")[0]  # (N, H, W, 3) uint8 shards, as above
+    val_check = check_images(val_images)  # (K, 3, H, W), a fixed subset for in-training checks
 
     recipe, resumable = checkpoint.split_settings(
         "tokenizer", cfg.section("tokenizer"), RESUMABLE_SETTINGS
@@ -105,7 +106,7 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         cfg=tok,
         steps=tok.steps,
         batches=ImageBatches(train_images, train_labels, tok.batch_size, tok.seed, hflip=True),
-        val_images=val_images,
+        val_images=val_check,
         perceptual=perceptual,
         alignment=alignment,
         work_dir=paths.work(stage),

@@ -48,10 +48,10 @@ RESUMABLE_SETTINGS = frozenset(
 
 def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
     """Train LightningDiT on one variant's latents; release the EMA weights."""
-    import numpy as np
     import torch
 
     from ldm import checkpoint
+    from ldm.data.latents import open_latents
     from ldm.diffusion import create_model
     from ldm.diffusion.train import DiffusionRun, fit_diffusion
     from ldm.distributed import cleanup, init_distributed
@@ -62,8 +62,7 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     if not (folder / "meta.json").is_file():
         raise DataError(f"{folder} holds no latents: run `ldm encode --variant {variant}` first")
     meta = json.loads((folder / "meta.json").read_text())
-    latents = torch.from_numpy(np.load(folder / "latents.npy", allow_pickle=False))
-    labels = torch.from_numpy(np.load(folder / "labels.npy", allow_pickle=False))
+    latents, labels = open_latents(folder, meta)  # memory-mapped shards, read a batch per step
     # One class is an unconditional model: a label embedding would have nothing to tell apart.
     num_classes = meta["num_classes"] if meta["num_classes"] > 1 else 0
     recipe, resumable = checkpoint.split_settings(

@@ -8,21 +8,26 @@ training never saw (`ldm.pretrained.perceptual.load_perceptual_metric`), never i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from ldm.align import latent_feature_cka
+from ldm.align import cka_from_covariance
 from ldm.data.batches import to_model_range
-from ldm.metrics.frechet import frechet_distance_between, metric_name
+from ldm.metrics.frechet import RunningMoments, frechet_distance, metric_name
 from ldm.metrics.pixels import psnr, ssim
 from ldm.pretrained.base import FeatureNet, FoundationEncoder, PerceptualDistance
 from ldm.progress import progress_bar
 from ldm.tokenizer.model import Tokenizer
 
+if TYPE_CHECKING:
+    from ldm.data.shards import ShardedArray
+
 
 @torch.no_grad()
 def latent_statistics(
-    model: Tokenizer, images: np.ndarray, device: torch.device, batch_size: int
+    model: Tokenizer, images: np.ndarray | ShardedArray, device: torch.device, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of the posterior means over uint8 NHWC `images`.
 
@@ -45,39 +50,41 @@ def latent_statistics(
 @torch.no_grad()
 def measure_reconstruction(
     model: Tokenizer,
-    images: torch.Tensor,
+    images: np.ndarray | ShardedArray,
     device: torch.device,
     batch_size: int,
     perceptual_metric: PerceptualDistance,
     eval_net: FeatureNet,
     foundation: FoundationEncoder,
 ) -> dict[str, float]:
-    """psnr, ssim, perceptual_<net>, rfd_<net> and cka_<foundation> over `images` in [-1, 1].
+    """psnr, ssim, perceptual_<net>, rfd_<net> and cka_<foundation> over uint8 NHWC `images`.
 
+    Batch by batch, keeping per-image scores and running moments only: the features of a large
+    val split (a foundation map per image) would not fit in memory.
     `ldm.records.TokenizerQuality.from_metrics` reads this dict back as a typed record.
     """
     model.eval()
     grid = model.latent_shape[1:]
-    psnrs, ssims, dists, real, fake, latents, feats = [], [], [], [], [], [], []
+    psnrs, ssims, dists = [], [], []
+    real, fake, joint = RunningMoments(), RunningMoments(), RunningMoments()
     with progress_bar("reconstruction quality", len(images)) as advance:
         for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device)
+            x = to_model_range(images[start : start + batch_size]).to(device)  # (B, 3, H, W)
             z = model.posterior(x).mode()  # (B, d, h, w)
             recon = model.decode_raw(z).float().clamp(-1, 1)
             psnrs.append(psnr(recon, x).cpu())
             ssims.append(ssim(recon, x).cpu())
             dists.append(perceptual_metric(recon, x).double().cpu())
-            real.append(eval_net(x).double().cpu())
-            fake.append(eval_net(recon).double().cpu())
-            latents.append(z.float().cpu())
-            feats.append(foundation(x, grid).float().cpu())
+            real.add(eval_net(x))
+            fake.add(eval_net(recon))
+            feats = foundation(x, grid).float()  # (B, C, h, w)
+            # One row per latent position: [latent channels, feature channels].
+            joint.add(torch.cat([z.float(), feats], dim=1).permute(0, 2, 3, 1).flatten(0, 2))
             advance(len(x))
     return {
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
         f"perceptual_{perceptual_metric.name}": torch.cat(dists).mean().item(),
-        "r" + metric_name(eval_net.name): frechet_distance_between(
-            torch.cat(real), torch.cat(fake)
-        ),
-        f"cka_{foundation.name}": latent_feature_cka(torch.cat(latents), torch.cat(feats)),
+        "r" + metric_name(eval_net.name): frechet_distance(*real.stats(), *fake.stats()),
+        f"cka_{foundation.name}": cka_from_covariance(joint.stats()[1], model.latent_shape[0]),
     }
