@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -62,10 +63,20 @@ def stage_env(parent_run_id: str) -> dict[str, str]:
     return env
 
 
+# The stages' own lines go to Prefect's log under this name, so that a trial can follow a stage
+# that runs on another host (flows/pool.py) by its lines alone.
+STAGE_LOG = "stage"
+
+
+def stage_log() -> logging.LoggerAdapter:
+    run_logger = get_run_logger()
+    return type(run_logger)(run_logger.logger.getChild(STAGE_LOG), run_logger.extra)
+
+
 def say(line: str) -> None:
     """A line for the terminal of `ldm run` and for Prefect's log."""
     print(line, flush=True)
-    get_run_logger().info(line)
+    stage_log().info(line)
 
 
 def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool:
@@ -81,7 +92,7 @@ def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool
         text=True,
     )
     lines: list[str] = []
-    logger = get_run_logger()
+    logger = stage_log()
 
     def pump() -> None:
         for raw in proc.stdout:
@@ -134,12 +145,20 @@ def tag_key(stage: str) -> str:
 
 
 @task(cache_policy=NO_CACHE, retry_condition_fn=is_transient)
-def run_stage(root: str, stage: str, parent_run_id: str, timeout_s: float) -> str:
-    """Run one stage through DVC (which skips it when nothing changed): "ran" or "skipped"."""
+def run_stage(
+    root: str, stage: str, parent_run_id: str, timeout_s: float, pool: str | None = None
+) -> str:
+    """Run one stage through DVC (which skips it when nothing changed), here or on the work
+    pool `pool`: "ran" or "skipped"."""
     attempt = prefect.runtime.task_run.run_count
     say(f"> {stage}" + (f" (attempt {attempt})" if attempt > 1 else ""))
     try:
-        ran = repro(Path(root), stage, stage_env(parent_run_id), timeout_s)
+        if pool:
+            from flows.pool import run_on_pool  # it builds on this module
+
+            ran = run_on_pool(Path(root), stage, pool, parent_run_id, timeout_s)
+        else:
+            ran = repro(Path(root), stage, stage_env(parent_run_id), timeout_s)
     except StageFailed as err:
         say(f"! {err}")
         raise
@@ -165,7 +184,14 @@ def trial(root: str, overrides: list[str] | None = None) -> dict:
         project, cfg.tracking.experiment, params, f"trial {flow_run_name}", links, overrides
     ) as tracker:
         outcome: dict[str, str] = {}
-        for stage in stage_names(cfg):
+        stages = stage_names(cfg)
+        pool = settings.gpu_pool
+        remote = [s for s in stages if pool and s.split("@")[0] in settings.gpu_stages]
+        if remote:
+            from flows.pool import check_setup  # it builds on this module
+
+            check_setup(project, remote[0], pool)
+        for stage in stages:
             stage_task = run_stage.with_options(
                 name=stage,
                 task_run_name=stage,
@@ -173,8 +199,9 @@ def trial(root: str, overrides: list[str] | None = None) -> dict:
                 retry_delay_seconds=settings.retry_delay_seconds,
             )
             try:
+                timeout_s = settings.stage_timeout_minutes * 60.0
                 outcome[stage] = stage_task(
-                    root, stage, tracker.run_id, settings.stage_timeout_minutes * 60.0
+                    root, stage, tracker.run_id, timeout_s, pool if stage in remote else None
                 )
             except StageFailed as err:
                 tracker.set_tags({tag_key(stage): "failed", "ldm.failed_stage": stage})
@@ -225,4 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `flows.trial`, the module flows/pool.py raises StageFailed from, not a copy of it.
+    from flows.trial import main as trial_main
+
+    sys.exit(trial_main())

@@ -226,7 +226,9 @@ class OrchestrationConfig(Section):
     retry_delay_seconds: int = Field(ge=0)
     stage_timeout_minutes: int = Field(ge=1)  # a stage running longer is stopped and failed
     gpu_pool: str | None  # a Prefect work pool on the GPU host; null: every stage runs here
-    gpu_stages: list[str]  # stage families sent to gpu_pool, e.g. [train_diffusion]
+    # Stage families sent to gpu_pool: those whose inputs all travel through the DVC remote
+    # (evaluate also reads metrics files that DVC does not push).
+    gpu_stages: list[Literal["train_tokenizer", "encode", "train_diffusion"]]
 
 
 class Config(Section):

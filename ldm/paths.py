@@ -68,6 +68,11 @@ class Paths:
         return None if path is None else self.resolve(path)
 
     @property
+    def reference(self) -> Path:
+        """The real images' features every FD is measured against (the reference stage)."""
+        return self.data / "reference"
+
+    @property
     def reports(self) -> Path:
         return self.data / "reports"
 

@@ -20,6 +20,7 @@ HEAVY = ("torch", "mlflow", "prefect", "great_expectations", "dvc", "polars", "P
 COMMANDS = {
     "validate",
     "prepare",
+    "reference",
     "train-tokenizer",
     "encode",
     "train-diffusion",

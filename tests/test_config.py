@@ -73,6 +73,8 @@ def test_overrides_are_parsed_as_yaml_and_applied() -> None:
         ("data.resolution=big", "data.resolution"),
         ("data.val_fraction=1.5", "data.val_fraction"),
         ("data.resolution.deep=1", "data.resolution.deep"),
+        # evaluate reads metrics files DVC does not push: it cannot run on a GPU pool
+        ("orchestration.gpu_stages=[evaluate]", "orchestration.gpu_stages"),
     ],
 )
 def test_bad_override_names_the_key(override: str, named: str) -> None:

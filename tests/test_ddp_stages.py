@@ -67,6 +67,7 @@ def assert_close(ddp: dict[str, torch.Tensor], single: dict[str, torch.Tensor]) 
 def prepared(project: Path) -> Path:
     invoke("validate")
     invoke("prepare")
+    invoke("reference")
     return project
 
 

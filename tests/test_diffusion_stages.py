@@ -28,7 +28,7 @@ def invoke(*args: str) -> str:
 
 @pytest.fixture
 def tokenized(project: Path) -> Path:
-    for command in ("validate", "prepare"):
+    for command in ("validate", "prepare", "reference"):
         invoke(command)
     invoke("train-tokenizer", "--variant", "plain")
     return project

@@ -24,7 +24,14 @@ def invoke(*args: str) -> str:
 
 @pytest.fixture
 def trained(project: Path) -> Path:
-    for command in ("validate", "prepare", "train-tokenizer", "encode", "train-diffusion"):
+    for command in (
+        "validate",
+        "prepare",
+        "reference",
+        "train-tokenizer",
+        "encode",
+        "train-diffusion",
+    ):
         invoke(command)
     return project
 

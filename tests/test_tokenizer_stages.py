@@ -27,6 +27,7 @@ def invoke(*args: str) -> None:
 def prepared(project: Path) -> Path:
     invoke("validate")
     invoke("prepare")
+    invoke("reference")
     return project
 
 

@@ -17,7 +17,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def prepared(project: Path) -> Path:
-    for command in ("validate", "prepare"):
+    for command in ("validate", "prepare", "reference"):
         assert runner.invoke(app, [command]).exit_code == 0
     return project
 

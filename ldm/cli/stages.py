@@ -71,6 +71,12 @@ def prepare(params: ParamsOption = None, overrides: SetOption = None) -> None:
     run_stage("prepare", params, overrides)
 
 
+@app.command()
+def reference(params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Measure the real images once: the val features every FD is set against, the floor."""
+    run_stage("reference", params, overrides)
+
+
 @app.command("train-tokenizer")
 def train_tokenizer(
     params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None

@@ -55,6 +55,19 @@ STAGES: dict[str, Stage] = {
         "prepare",
         ("data.raw_dir", "data.resolution", "data.val_fraction", "prepare"),
     ),
+    "reference": Stage(
+        "ldm.stages.reference",
+        "reference",
+        (
+            "evaluate.features",
+            "evaluate.features_weights",
+            "evaluate.features_sha256",
+            "evaluate.num_samples",
+            "evaluate.seed",
+            "evaluate.batch_size",
+            "diffusion.device",
+        ),
+    ),
     "train_tokenizer": Stage(
         "ldm.stages.tokenizer",
         "train_tokenizer",

@@ -30,7 +30,7 @@ from ldm.records import (
     VariantCost,
     total_cost,
 )
-from ldm.stages.inputs import released_tokenizer
+from ldm.stages.inputs import reference_features, released_tokenizer
 from ldm.stages.result import StageResult
 from ldm.tracking import Tracker
 
@@ -42,13 +42,12 @@ GRID_PER_CLASS = 8  # samples per class row in the logged grid
 
 
 def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
-    import numpy as np
     import torch
     from PIL import Image
 
     from ldm.data.prepare import load_split
     from ldm.generate import image_grid, load_diffusion
-    from ldm.metrics.extract import batches_of, extract_features
+    from ldm.metrics.extract import extract_features
     from ldm.metrics.frechet import frechet_distance_between, frechet_distance_per_class
     from ldm.metrics.manifold import precision_recall_density_coverage
     from ldm.pretrained.features import load_eval_features
@@ -68,11 +67,9 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
     net = net.to(device)
     n, batch = ev.num_samples, ev.batch_size
 
-    val_images, val_labels = load_split(paths.prepared, "val")
-    train_images, _ = load_split(paths.prepared, "train")
-    val = extract_features(net, batches_of(val_images, batch))
-    pick = np.random.default_rng(ev.seed).permutation(len(train_images))[:n]
-    train = extract_features(net, batches_of(train_images[np.sort(pick)], batch))
+    val_images, _ = load_split(paths.prepared, "val")  # for the encoder's speed
+    val, val_labels = reference_features(paths, "val", net.name)
+    train, _ = reference_features(paths, "train", net.name)
 
     generator = torch.Generator(device).manual_seed(ev.seed)
     noise = torch.randn((n, *tokenizer.latent_shape), generator=generator, device=device)

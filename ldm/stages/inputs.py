@@ -9,6 +9,8 @@ from ldm.paths import Paths
 from ldm.tokenizer.release import load_tokenizer
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ldm.tokenizer.model import Tokenizer
 
 
@@ -21,3 +23,19 @@ def released_tokenizer(paths: Paths, variant: str) -> Tokenizer:
             f"{paths.tokenizer(variant)} holds no released tokenizer: run "
             f"`ldm train-tokenizer --variant {variant}` first"
         ) from None
+
+
+def reference_features(paths: Paths, split: str, network: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of the real `split` ("val" or "train") the reference stage measured."""
+    import numpy as np
+
+    source = paths.reference / f"{split}.npz"
+    if not source.is_file():
+        raise DataError(f"{source} not found: run `ldm reference` first")
+    with np.load(source, allow_pickle=False) as stored:
+        if str(stored["network"]) != network:
+            raise DataError(
+                f"{source} holds {stored['network']} features but evaluate.features is "
+                f"{network}: run `ldm reference` again"
+            )
+        return stored["features"], stored["labels"]

@@ -49,9 +49,11 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     from ldm.data.batches import ImageBatches, check_images
     from ldm.data.prepare import load_split
     from ldm.distributed import cleanup, init_distributed
+    from ldm.metrics.frechet import feature_stats
     from ldm.pretrained.features import load_eval_features
     from ldm.pretrained.foundation import load_foundation
     from ldm.pretrained.perceptual import build_perceptual, load_perceptual_metric
+    from ldm.stages.inputs import reference_features
     from ldm.tokenizer.evaluation import latent_statistics, measure_reconstruction
     from ldm.tokenizer.model import Tokenizer, arch_from_preset
     from ldm.tokenizer.train import Alignment, TrainRun, fit
@@ -147,8 +149,16 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     perceptual_metric = load_perceptual_metric(
         tok.perceptual, paths.local(tok.lpips_vgg_weights)
     ).to(device)
+    real, _ = reference_features(paths, "val", eval_net.name)
     metrics |= measure_reconstruction(
-        model, val_images, device, cfg.evaluate.batch_size, perceptual_metric, eval_net, foundation
+        model,
+        val_images,
+        device,
+        cfg.evaluate.batch_size,
+        perceptual_metric,
+        eval_net,
+        feature_stats(real),
+        foundation,
     )
     release = paths.tokenizer(variant)
     checkpoint.save_release(

@@ -147,17 +147,16 @@ def convergence_probe(
 ) -> ConvergenceProbe:
     """FD of a fixed set of EMA samples against the val split, in evaluate.features space."""
 
-    from ldm.data.prepare import load_split
     from ldm.diffusion.probe import ConvergenceProbe
     from ldm.metrics.extract import batches_of, extract_features
     from ldm.metrics.frechet import feature_stats, frechet_distance, metric_name
     from ldm.pretrained.features import load_eval_features
+    from ldm.stages.inputs import reference_features
 
     ev = cfg.evaluate
     net = load_eval_features(ev.features, paths.local(ev.features_weights), ev.features_sha256)
     net = net.to(device)
-    val_images = load_split(paths.prepared, "val")[0]
-    reference = feature_stats(extract_features(net, batches_of(val_images, ev.batch_size)))
+    reference = feature_stats(reference_features(paths, "val", net.name)[0])
 
     def score(images: torch.Tensor) -> float:  # [-1, 1] (N, 3, H, W) -> FD vs the val split
         generated = extract_features(net, batches_of(images, ev.batch_size))

@@ -55,10 +55,13 @@ def measure_reconstruction(
     batch_size: int,
     perceptual_metric: PerceptualDistance,
     eval_net: FeatureNet,
+    real_stats: tuple[np.ndarray, np.ndarray],
     foundation: FoundationEncoder,
 ) -> dict[str, float]:
     """psnr, ssim, perceptual_<net>, rfd_<net> and cka_<foundation> over uint8 NHWC `images`.
 
+    `real_stats` are the mean and covariance of `images` in `eval_net`'s space, as the reference
+    stage measured them: the rFD sets reconstructions against them.
     Batch by batch, keeping per-image scores and running moments only: the features of a large
     val split (a foundation map per image) would not fit in memory.
     `ldm.records.TokenizerQuality.from_metrics` reads this dict back as a typed record.
@@ -66,7 +69,7 @@ def measure_reconstruction(
     model.eval()
     grid = model.latent_shape[1:]
     psnrs, ssims, dists = [], [], []
-    real, fake, joint = RunningMoments(), RunningMoments(), RunningMoments()
+    fake, joint = RunningMoments(), RunningMoments()
     with progress_bar("reconstruction quality", len(images)) as advance:
         for start in range(0, len(images), batch_size):
             x = to_model_range(images[start : start + batch_size]).to(device)  # (B, 3, H, W)
@@ -75,7 +78,6 @@ def measure_reconstruction(
             psnrs.append(psnr(recon, x).cpu())
             ssims.append(ssim(recon, x).cpu())
             dists.append(perceptual_metric(recon, x).double().cpu())
-            real.add(eval_net(x))
             fake.add(eval_net(recon))
             feats = foundation(x, grid).float()  # (B, C, h, w)
             # One row per latent position: [latent channels, feature channels].
@@ -85,6 +87,6 @@ def measure_reconstruction(
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
         f"perceptual_{perceptual_metric.name}": torch.cat(dists).mean().item(),
-        "r" + metric_name(eval_net.name): frechet_distance(*real.stats(), *fake.stats()),
+        "r" + metric_name(eval_net.name): frechet_distance(*real_stats, *fake.stats()),
         f"cka_{foundation.name}": cka_from_covariance(joint.stats()[1], model.latent_shape[0]),
     }

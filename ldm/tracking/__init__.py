@@ -247,6 +247,41 @@ def close_abandoned_runs(root: Path, experiment: str) -> list[str]:
     return closed
 
 
+def require_run(root: Path, run_id: str) -> None:
+    """Fail unless this process's store holds `run_id`: a stage on another host must log into
+    its trial's store, not one of its own."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    check_store(root)
+    uri = tracking_uri(root)
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        raise LdmError(
+            f"the MLflow store {uri} holds no run {run_id}, the trial's: set MLFLOW_TRACKING_URI "
+            "here to the tracking server the trial logs to"
+        ) from None
+
+
+def log_text(root: Path, run_id: str, text: str, artifact_file: str) -> None:
+    """A text file among a run's artifacts."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri(root)).log_text(run_id, text, artifact_file)
+
+
+def read_text(root: Path, run_id: str, artifact_file: str) -> str:
+    """A text file from a run's artifacts (written by `log_text`, maybe on another host)."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(root))
+    with tempfile.TemporaryDirectory() as scratch:
+        return Path(client.download_artifacts(run_id, artifact_file, scratch)).read_text()
+
+
 def parent_tracker(root: Path) -> MlflowTracker | None:
     """The trial's run when this process runs inside `ldm run` (LDM_PARENT_RUN_ID), else None."""
     from mlflow import MlflowClient
