@@ -1,8 +1,8 @@
 """A few hundred steps of the `paper` preset end to end on synthetic images (GPU check, part 4).
 
 In a temporary project: synthetic 256 px images of 4 classes are written as a prepared split
-(the shard layout of `ldm.data.prepare`), then the stages train_tokenizer, encode and
-train_diffusion run for the aligned f16d32 variant as `ldm` runs them, each metered by
+(the shard layout of `ldm.data.prepare`), then the stages reference, train_tokenizer, encode
+and train_diffusion run for the aligned f16d32 variant as `ldm` runs them, each metered by
 `ldm.cost` (GPU-hours, and energy where NVML reads it). What is not the paper's, and why:
 - align.foundation is effnet_lite0: the DINOv2 weights are not on the GPU host;
 - steps and batches are small so that the part fits its minutes;
@@ -104,6 +104,7 @@ def smoke(dry: bool, preset: list[str]) -> list[tuple[str, str, str]]:
     from ldm.cost import CostMeter, device_of_this_process
     from ldm.paths import Paths
     from ldm.stages.encode import encode
+    from ldm.stages.reference import reference
     from ldm.stages.tokenizer import train_tokenizer
     from ldm.stages.train_diffusion import train_diffusion
     from ldm.tracking import NullTracker
@@ -116,6 +117,10 @@ def smoke(dry: bool, preset: list[str]) -> list[tuple[str, str, str]]:
         paths = Paths(root)
         n = 48 if dry else 512
         write_prepared(paths.prepared, n, cfg.data.resolution, cfg.data.val_fraction)
+        with CostMeter(cfg.cost) as meter:
+            result = reference(cfg, paths, NullTracker())
+        metrics = result.metrics | meter.metrics(device_of_this_process())
+        rows.append(row("reference", metrics, cfg, dry))
         for name, stage in (
             ("train_tokenizer", train_tokenizer),
             ("encode", encode),
@@ -131,13 +136,17 @@ def smoke(dry: bool, preset: list[str]) -> list[tuple[str, str, str]]:
 def row(stage: str, metrics: dict, cfg, dry: bool) -> tuple[str, str, str]:  # noqa: ANN001
     """What the table shows of one stage."""
     steps = {"train_tokenizer": cfg.tokenizer.steps, "train_diffusion": cfg.diffusion.steps}
-    what = f"paper preset {stage}@aligned" + (f", {steps[stage]} steps" if stage in steps else "")
+    what = f"paper preset {stage}" + ("" if stage == "reference" else "@aligned")
+    what += f", {steps[stage]} steps" if stage in steps else ""
     if stage == "train_tokenizer":
         what += f", batch {cfg.tokenizer.batch_size}, effnet_lite0 alignment (no DINOv2 here)"
         shown = f"PSNR {metrics['psnr']:.1f} dB, final loss {metrics['train/final_loss']:.3f}"
     elif stage == "train_diffusion":
         what += f", {cfg.diffusion.model}, batch {cfg.diffusion.batch_size}"
         shown = f"final loss {metrics['train/final_loss']:.3f}"
+    elif stage == "reference":
+        what += f", {cfg.evaluate.features} features of the real images"
+        shown = f"fd_train_val {metrics['fd_train_val']:.1f}"
     else:
         shown = "latents written"
     energy = metrics.get("cost/energy_kwh")
