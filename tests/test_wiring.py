@@ -225,3 +225,14 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
     assert "make test" in readme and "make run" in readme
+
+
+def test_git_does_not_ignore_dvc_lock(tmp_path: Path) -> None:
+    """DVC refuses to write a git-ignored dvc.lock: every trial would stop at its first stage."""
+    import shutil
+    import subprocess
+
+    shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "dvc.lock"], cwd=tmp_path)
+    assert ignored.returncode == 1, ".gitignore matches dvc.lock"
