@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from ldm.errors import LdmError
+from ldm.errors import DataError, LdmError
 from ldm.metrics.extract import batches_of, extract_features
 from ldm.metrics.frechet import (
     RunningMoments,
@@ -228,7 +228,7 @@ def test_precision_and_recall_fall_for_shifted_or_collapsed_sets() -> None:
 
 def test_precision_recall_need_more_samples_than_neighbours() -> None:
     real = np.random.default_rng(9).normal(size=(6, 4))
-    with pytest.raises(ValueError, match="evaluate.nearest_k"):
+    with pytest.raises(DataError, match="evaluate.nearest_k"):
         precision_recall_density_coverage(real, real, nearest_k=5)
 
 

@@ -52,6 +52,7 @@ def test_evaluate_writes_the_record_between_its_reference_lines(trained: Path) -
         assert set(record.cost.stages) == {
             "validate",
             "prepare",
+            "reference",
             f"train_tokenizer@{variant}",
             f"encode@{variant}",
             f"train_diffusion@{variant}",

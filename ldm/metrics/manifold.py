@@ -21,6 +21,7 @@ import io
 import numpy as np
 import torch
 
+from ldm.errors import DataError
 from ldm.metrics.frechet import as_features
 
 
@@ -36,8 +37,9 @@ def precision_recall_density_coverage(
     if nearest_k < 1:
         raise ValueError(f"nearest_k must be at least 1, got {nearest_k}")
     if min(len(real), len(fake)) < nearest_k + 2:
-        # prdc's k-th neighbour search needs k + 1 others besides the point itself
-        raise ValueError(
+        # prdc's k-th neighbour search needs k + 1 others besides the point itself. A setting
+        # (or a tiny val split) the user can change: a clear message, not a traceback and retries.
+        raise DataError(
             f"precision/recall with nearest_k={nearest_k} need at least {nearest_k + 2} real and "
             f"generated vectors, got {len(real)} and {len(fake)}; lower evaluate.nearest_k or "
             "raise evaluate.num_samples"

@@ -226,13 +226,15 @@ def tokenizer_quality(paths: Paths, variant: str) -> TokenizerQuality:
 
 
 def variant_costs(paths: Paths, variant: str) -> dict[str, StageCost]:
-    """What each stage this variant's generator depends on cost, shared stages included."""
-    stages = ["validate", "prepare"]
+    """What each stage this variant's generator depends on cost, shared stages included
+    (the reference features are measured once, and every variant's evaluation reads them)."""
+    stages = ["validate", "prepare", "reference"]
     stages += [f"{s}@{variant}" for s in ("train_tokenizer", "encode", "train_diffusion")]
     costs = {}
     for stage in stages:
         source = paths.stage_metrics(stage)
         if not source.is_file():
-            raise DataError(f"{source} not found: run `ldm {stage.split('@')[0]}` first")
+            command = stage.split("@")[0].replace("_", "-")
+            raise DataError(f"{source} not found: run `ldm {command}` first")
         costs[stage] = StageCost.from_metrics(json.loads(source.read_text()))
     return costs
