@@ -103,17 +103,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
             f"CKA needs (N, D1) and (N, D2), got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     # float64: the three norms are sums over N·D² products and lose digits in float32
-    x = x.detach().double()
-    y = y.detach().double()
-    x = x - x.mean(0, keepdim=True)  # (N, D1)
-    y = y - y.mean(0, keepdim=True)  # (N, D2)
-    cross = torch.linalg.matrix_norm(y.T @ x) ** 2  # ‖YᵀX‖²_F
-    norm_x = torch.linalg.matrix_norm(x.T @ x)  # ‖XᵀX‖_F
-    norm_y = torch.linalg.matrix_norm(y.T @ y)  # ‖YᵀY‖_F
-    denom = norm_x * norm_y
-    if denom == 0:
-        return 0.0  # a constant side shares no variance with anything
-    return (cross / denom).item()
+    rows = torch.cat([x.detach(), y.detach()], dim=1).double()  # (N, D1 + D2)
+    rows = rows - rows.mean(0, keepdim=True)
+    return cka_from_covariance(rows.T @ rows, x.shape[1])  # the scale cancels in the ratio
 
 
 def cka_from_covariance(cov: torch.Tensor, dim_x: int) -> float:
