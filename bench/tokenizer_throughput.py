@@ -14,8 +14,9 @@ Known differences from our layout, and what the script does about them:
   output difference to show it.
 - diffusers' attention uses Linear projections on (B, HW, C) tokens where LDM and we use 1x1
   convs on (B, C, H, W); same parameters and maths, different memory traffic.
-- diffusers takes one `norm_num_groups` for the whole model; ours picks per layer (32 when it
-  divides the width), so for presets whose widths are all multiples of 32 they agree.
+- diffusers takes one `norm_num_groups` for the whole model; ours picks per layer (32 when each
+  group keeps `min_group_channels`), so for presets whose widths are all 128 or more (the f16
+  ones) they agree.
 Both models get the same flags (bf16 autocast, torch.compile, channels_last) and the same input.
 The repeats alternate which model goes first; the median of each is reported.
 
@@ -46,7 +47,7 @@ def build_diffusers(arch: TokenizerArch) -> nn.Module:
     from diffusers import AutoencoderKL
 
     widths = [arch.ch * m for m in arch.ch_mult]
-    groups = {num_groups(w) for w in widths}
+    groups = {num_groups(w, arch.min_group_channels) for w in widths}
     if len(groups) != 1:
         raise SystemExit(f"widths {widths} need different GroupNorm counts; diffusers takes one")
     sides = [arch.resolution // 2**i for i in range(len(widths))]

@@ -143,7 +143,7 @@ def test_wrong_input_raises(small: Tokenizer) -> None:
 
 def test_attention_matches_explicit_formula() -> None:
     torch.manual_seed(0)
-    block = AttnBlock(64).eval()
+    block = AttnBlock(64, 4).eval()
     x = torch.randn(2, 64, 6, 5)
     with torch.no_grad():
         h = block.norm(x)
@@ -155,7 +155,11 @@ def test_attention_matches_explicit_formula() -> None:
 
 
 def test_group_norm_groups() -> None:
-    assert num_groups(128) == 32 and num_groups(24) == 24 and num_groups(48) == 24
+    assert num_groups(128, 4) == 32 and num_groups(512, 4) == 32  # LDM's groups on LDM's widths
+    assert num_groups(32, 4) == 8 and num_groups(64, 4) == 16 and num_groups(24, 4) == 6
+    assert num_groups(3, 4) == 1
+    # The layout of tokenizers saved before min_group_channels: one channel per group if need be.
+    assert num_groups(32, 1) == 32 and num_groups(24, 1) == 24 and num_groups(48, 1) == 24
     # A layer narrower than 32 channels still builds and runs.
     arch = TokenizerArch(
         ch=12,
@@ -169,3 +173,23 @@ def test_group_norm_groups() -> None:
     assert tok.encoder.conv_in.out_channels == 12
     with torch.no_grad():
         assert tok.decode(tok.encode(torch.zeros(1, 3, 16, 16))).shape == (1, 3, 16, 16)
+
+
+def test_narrow_layers_keep_each_images_colour_through_group_norm() -> None:
+    """A per-channel offset (an image's overall colour) survives the decoder's last norm."""
+    x = torch.randn(2, 32, 8, 8)
+    colour = torch.linspace(-1, 1, 32).view(1, 32, 1, 1)  # differs between channels of a group
+    grouped = Tokenizer(arch_from_preset("f4d8", 32)).decoder.norm_out
+    one_channel_groups = torch.nn.GroupNorm(32, 32, eps=1e-6)
+    assert grouped.num_groups == 8
+    assert not torch.allclose(grouped(x + colour), grouped(x), atol=1e-3)
+    # An instance norm (what 32 groups on 32 channels are) erases it entirely.
+    torch.testing.assert_close(one_channel_groups(x + colour), one_channel_groups(x))
+
+
+def test_a_tokenizer_saved_before_min_group_channels_keeps_its_groups() -> None:
+    saved = arch_from_preset("f4d8", 32).to_dict()
+    del saved["min_group_channels"]
+    old = Tokenizer(TokenizerArch.from_dict(saved))
+    assert old.arch.min_group_channels == 1 and old.decoder.norm_out.num_groups == 32
+    assert TokenizerArch.from_dict(arch_from_preset("f4d8", 32).to_dict()).min_group_channels == 4
