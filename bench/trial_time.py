@@ -4,7 +4,9 @@ Copies the project's tracked files into a fresh folder (a new `git init`, an emp
 bundled sample written by `ldm run` itself), runs `ldm run` with this interpreter's venv, then
 runs it again with nothing changed. Prints one table: each stage's own wall time (what its
 MLflow run recorded as `cost/wall_seconds`), the orchestration overhead (the trial's wall time
-minus the stages' own: process starts, DVC, Prefect, MLflow), and the re-run.
+minus the stages' own: process starts, DVC, Prefect, MLflow), and the re-run. A fixed workload
+timed before and after the trial (training steps of the default tokenizer and DiT sizes) says how
+fast this machine was meanwhile, since a shared machine's speed drifts from day to day.
 
     .venv/bin/python bench/trial_time.py [--keep DIR] [--set section.key=value ...]
 
@@ -58,6 +60,36 @@ def timed_run(project: Path, args: list[str]) -> tuple[float, str]:
     return seconds, result.stdout
 
 
+# A fixed slice of the default trial's compute: 10 steps of the f4d8 tokenizer at batch 32 and
+# 30 of the T/2 DiT at batch 128, forward, backward and update, in a fresh process.
+PROBE = """
+import time, torch
+from ldm.diffusion.model import create_model
+from ldm.tokenizer.model import Tokenizer, arch_from_preset
+torch.manual_seed(0)
+tok, dit = Tokenizer(arch_from_preset("f4d8", 32)), create_model("T/2", 8, 8, 6)
+x, z = torch.rand(32, 3, 32, 32) * 2 - 1, torch.randn(128, 8, 8, 8)
+t, y = torch.rand(128), torch.randint(0, 6, (128,))
+def steps(model, n, loss):
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    for _ in range(n):
+        opt.zero_grad(); loss().backward(); opt.step()
+steps(tok, 2, lambda: tok(x)[0].sub(x).abs().mean())
+started = time.perf_counter()
+steps(tok, 10, lambda: tok(x)[0].sub(x).abs().mean())
+steps(dit, 30, lambda: dit(z, t, y).square().mean())
+print(time.perf_counter() - started)
+"""
+
+
+def probe_seconds() -> float:
+    """Seconds of the fixed workload on this machine now."""
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def stage_seconds(project: Path) -> dict[str, float]:
     """Each stage's own wall time, from its MLflow run under the last trial."""
     from mlflow import MlflowClient
@@ -81,10 +113,12 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         fresh_copy(folder)
+        probe_before = probe_seconds()
         extra = [a for o in args.overrides for a in ("--set", o)]
         total, _ = timed_run(folder, extra)
         own = stage_seconds(folder)
         rerun, rerun_output = timed_run(folder, [])
+        probe_after = probe_seconds()
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -96,6 +130,7 @@ def main() -> None:
     print(f"{'orchestration':<{width}} {total - sum(own.values()):8.1f}")
     print(f"{'trial (ldm run)':<{width}} {total:8.1f}")
     print(f"{'re-run, no change':<{width}} {rerun:8.1f}")
+    print(f"machine probe (fixed workload), s: {probe_before:.1f} before, {probe_after:.1f} after")
     if "Nothing changed" not in rerun_output:
         print("note: the re-run ran stages:\n" + rerun_output)
 
