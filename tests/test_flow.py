@@ -152,4 +152,5 @@ def test_ldm_run_shows_progress_ends_with_an_answer_and_skips_a_rerun(
     assert again.returncode == 0
     assert "Nothing changed since the last trial: no stage ran." in again.stdout
     assert "Trial answer" in again.stdout
+    assert not any(line.split()[-1:] == ["ran"] for line in again.stdout.splitlines())
     assert len([n for n in runs_by_name(project) if n.startswith("trial ")]) == 1  # no clutter

@@ -62,14 +62,15 @@ def run(
                 for line in write_overrides(params_path, overrides):
                     typer.echo(line)
             if nothing_changed(paths.root):
-                typer.echo("Nothing changed since the last trial: no stage ran.")
-                show_answer(paths.root, last_trial(paths.root))
+                typer.echo("Nothing changed since the last trial: no stage ran. Its answer:")
+                # Without its stage list: "ran" there would read as ran now.
+                show_answer(paths.root, last_trial(paths.root), list_stages=False)
                 return
             outcome = start_trial_flow(paths.root, overrides or [])
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
     record_trial(paths.root, outcome)
-    show_answer(paths.root, outcome)
+    show_answer(paths.root, outcome, list_stages=True)
 
 
 def nothing_changed(root: Path) -> bool:
@@ -105,13 +106,13 @@ def record_trial(root: Path, outcome: dict) -> None:
     (state_folder(root) / "last-trial.json").write_text(json.dumps(outcome, indent=2))
 
 
-def show_answer(root: Path, outcome: dict | None) -> None:
-    """The trial's answer: what ran, the report's summary, where to look next."""
+def show_answer(root: Path, outcome: dict | None, list_stages: bool) -> None:
+    """The trial's answer: what ran (`list_stages`), the report's summary, where to look next."""
     from ldm import tracking
 
     if outcome is None:
         return
-    for stage, status in outcome["stages"].items():
+    for stage, status in outcome["stages"].items() if list_stages else ():
         typer.echo(f"  {stage:<28} {status}")
     summary = root / "data" / "reports" / "summary.json"
     if summary.is_file():
