@@ -112,8 +112,9 @@ def show_answer(root: Path, outcome: dict | None, list_stages: bool) -> None:
 
     if outcome is None:
         return
-    for stage, status in outcome["stages"].items() if list_stages else ():
-        typer.echo(f"  {stage:<28} {status}")
+    if list_stages:
+        for stage, status in outcome["stages"].items():
+            typer.echo(f"  {stage:<28} {status}")
     summary = root / "data" / "reports" / "summary.json"
     if summary.is_file():
         from ldm.cli.summary import print_summary

@@ -97,11 +97,11 @@ def norm(channels: int, min_group_channels: int) -> nn.GroupNorm:
 class ResnetBlock(nn.Module):
     """norm-SiLU-conv twice plus a skip (1x1 conv when the width changes); no time embedding."""
 
-    def __init__(self, in_ch: int, out_ch: int, min_group: int):
+    def __init__(self, in_ch: int, out_ch: int, min_group_channels: int):
         super().__init__()
-        self.norm1 = norm(in_ch, min_group)
+        self.norm1 = norm(in_ch, min_group_channels)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = norm(out_ch, min_group)
+        self.norm2 = norm(out_ch, min_group_channels)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -114,9 +114,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H*W positions, with a residual."""
 
-    def __init__(self, ch: int, min_group: int):
+    def __init__(self, ch: int, min_group_channels: int):
         super().__init__()
-        self.norm = norm(ch, min_group)
+        self.norm = norm(ch, min_group_channels)
         self.q = nn.Conv2d(ch, ch, 1)
         self.k = nn.Conv2d(ch, ch, 1)
         self.v = nn.Conv2d(ch, ch, 1)
@@ -162,13 +162,19 @@ class Level(nn.Module):
     down- or upsampler; attribute names follow LDM's state dict."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, n: int, attn: bool, resample: Resample, min_group: int
+        self,
+        in_ch: int,
+        out_ch: int,
+        n: int,
+        attn: bool,
+        resample: Resample,
+        min_group_channels: int,
     ):
         super().__init__()
         self.block = nn.ModuleList(
-            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, min_group) for i in range(n)
+            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, min_group_channels) for i in range(n)
         )
-        self.attn = nn.ModuleList(AttnBlock(out_ch, min_group) for _ in range(n) if attn)
+        self.attn = nn.ModuleList(AttnBlock(out_ch, min_group_channels) for _ in range(n) if attn)
         self.downsample = Downsample(out_ch) if resample == "down" else None
         self.upsample = Upsample(out_ch) if resample == "up" else None
 
@@ -187,11 +193,11 @@ class Level(nn.Module):
 class MidBlock(nn.Module):
     """res-attn-res at the lowest resolution (attention always, as LDM)."""
 
-    def __init__(self, ch: int, min_group: int):
+    def __init__(self, ch: int, min_group_channels: int):
         super().__init__()
-        self.block_1 = ResnetBlock(ch, ch, min_group)
-        self.attn_1 = AttnBlock(ch, min_group)
-        self.block_2 = ResnetBlock(ch, ch, min_group)
+        self.block_1 = ResnetBlock(ch, ch, min_group_channels)
+        self.attn_1 = AttnBlock(ch, min_group_channels)
+        self.block_2 = ResnetBlock(ch, ch, min_group_channels)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
