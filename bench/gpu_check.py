@@ -134,7 +134,7 @@ def part_tokenizer(dry: bool) -> list[tuple[str, str, str]]:
     from ldm.data.batches import ImageBatches, to_model_range
     from ldm.tokenizer.model import Tokenizer, arch_from_preset
     from ldm.tokenizer.train import TrainRun, fit
-    from ldm.tracking import NullTracker
+    from ldm.tracker import NullTracker
 
     preset, side, batch, steps = ("f4d8", 32, 2, 2) if dry else ("f16d32", 256, 32, 12)
     sets = {"steps": steps, "batch_size": batch, "disc_weight": 0.5, "disc_start": 0}

@@ -105,9 +105,9 @@ def smoke(dry: bool, preset: list[str]) -> list[tuple[str, str, str]]:
     from ldm.paths import Paths
     from ldm.stages.encode import encode
     from ldm.stages.reference import reference
-    from ldm.stages.tokenizer import train_tokenizer
     from ldm.stages.train_diffusion import train_diffusion
-    from ldm.tracking import NullTracker
+    from ldm.stages.train_tokenizer import train_tokenizer
+    from ldm.tracker import NullTracker
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="paper-smoke-") as tmp:

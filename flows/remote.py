@@ -33,7 +33,7 @@ from prefect.states import Failed, State
 from flows.trial import StageFailed, repro, stage_env, stage_log
 from ldm import tracking
 from ldm.errors import LdmError
-from ldm.trial_lock import trial_lock
+from ldm.stages.trial_lock import trial_lock
 
 REMOTE_FLOW = "ldm-remote-stage"
 HANDOVER = "remote-stages"  # folder of the trial's MLflow run that receives each stage's result

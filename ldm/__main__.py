@@ -1,4 +1,4 @@
-"""`python -m ldm ...`; also how a stage with world_size > 1 starts its ranks (ldm/launch.py)."""
+"""`python -m ldm ...`; also how a stage with world_size > 1 starts its ranks (stages/launch.py)."""
 
 from ldm.cli import app
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.checkpoint import load_release
 from ldm.config import SampleConfig
 from ldm.data.batches import to_uint8
 from ldm.diffusion import create_model
 from ldm.diffusion.sample import sample
 from ldm.errors import DataError
 from ldm.tokenizer.release import load_tokenizer
+from ldm.training.checkpoint import load_release
 
 
 def load_diffusion(folder: Path) -> tuple[torch.nn.Module, dict]:

@@ -1,4 +1,5 @@
-"""Changes to params.yaml itself, made the way a person would: comments and order kept.
+"""The settings files themselves: params.yaml, changed the way a person would (comments and
+order kept), and the named presets (presets/<name>.yaml) `ldm preset` writes into it.
 
 `ldm run --set` and `ldm preset` write here (as `dvc exp run -S` does), so that DVC's record of
 what ran and the file agree.
@@ -7,8 +8,15 @@ what ran and the file agree.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from ldm.config import apply_overrides, parse_override, read_yaml, validate_dict
+from ldm.config import (
+    ConfigError,
+    apply_overrides,
+    parse_override,
+    read_yaml,
+    validate_dict,
+)
 
 
 def write_overrides(path: Path, overrides: list[str]) -> list[str]:
@@ -62,3 +70,19 @@ def replace_params(path: Path, source: Path) -> str:
     shutil.copyfile(source, tmp)
     tmp.replace(path)
     return f"params.yaml now holds {source} (the previous one is kept as {kept})"
+
+
+# A preset is `section.key: value` lines; it may start from another one with `extends: <name>`.
+def preset_values(folder: Path, name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The preset's values, those of the presets it extends first."""
+    import yaml
+
+    source = folder / f"{name}.yaml"
+    if not source.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"no preset {name!r} in {folder}; known: {known}")
+    if name in seen:
+        raise ConfigError(f"presets extend each other in a circle: {' -> '.join((*seen, name))}")
+    values = yaml.safe_load(source.read_text()) or {}
+    base = values.pop("extends", None)
+    return (preset_values(folder, base, (*seen, name)) if base else {}) | values

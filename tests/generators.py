@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from ldm import config, tracking
-from ldm.checkpoint import save_release
 from ldm.diffusion import create_model
 from ldm.records import EvaluateRecord
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
 from ldm.tracking.registry import Provenance, Registration, register_generator
+from ldm.training.checkpoint import save_release
 from tests.test_diffusion import unzero
 
 MODEL = "ldm-generator"

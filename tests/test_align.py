@@ -11,7 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.align import (
+from ldm.errors import WeightsMissing
+from ldm.pretrained import base, dinov2
+from ldm.pretrained.foundation import load_foundation
+from ldm.pretrained.weights import sha256_of
+from ldm.tokenizer.align import (
     VFProjection,
     adaptive_vf_weight,
     cka_from_covariance,
@@ -21,10 +25,6 @@ from ldm.align import (
     marginal_distance_matrix_loss,
     vf_loss,
 )
-from ldm.errors import WeightsMissing
-from ldm.pretrained import base, dinov2
-from ldm.pretrained.foundation import load_foundation
-from ldm.pretrained.weights import sha256_of
 from tests.conftest import TINY_VIT, official_dinov2_state
 
 torch.set_num_threads(1)

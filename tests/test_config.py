@@ -137,7 +137,7 @@ def test_write_overrides_keeps_comments_and_validates_first(tmp_path: Path) -> N
 def test_every_preset_gives_a_valid_config(tmp_path: Path) -> None:
     import json
 
-    from ldm.presets import preset_values
+    from ldm.params_file import preset_values
 
     for preset in sorted((REPO / "presets").glob("*.yaml")):
         values = preset_values(REPO / "presets", preset.stem)
@@ -148,7 +148,7 @@ def test_every_preset_gives_a_valid_config(tmp_path: Path) -> None:
 def test_paper_grid_is_the_papers_six_tokenizers_on_the_paper_setting() -> None:
     import json
 
-    from ldm.presets import preset_values
+    from ldm.params_file import preset_values
 
     values = preset_values(REPO / "presets", "paper-grid")
     cfg = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()])

@@ -8,10 +8,11 @@ import types
 
 import pytest
 
-from ldm import cost, launch
+from ldm import cost
 from ldm.config import CostConfig
 from ldm.errors import LdmError
 from ldm.records import StageCost
+from ldm.stages import launch
 
 PRICES = CostConfig(gpu_hour_usd=2.0, cpu_hour_usd=0.1)
 UUIDS = ["GPU-1111aaaa-0000-0000-0000-000000000000", "GPU-2222bbbb-0000-0000-0000-000000000000"]

@@ -16,10 +16,10 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ldm import launch
 from ldm.cli import app
 from ldm.errors import LdmError
 from ldm.paths import Paths
+from ldm.stages import launch
 from ldm.tokenizer.release import load_tokenizer
 from tests.conftest import set_params
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ldm import checkpoint, config
+from ldm import config
 from ldm.diffusion.flow import flow_loss, interpolate, velocity_target
 from ldm.diffusion.model import LightningDiT
 from ldm.diffusion.train import (
@@ -23,10 +23,11 @@ from ldm.diffusion.train import (
     fit_diffusion,
     warmup_then_decay,
 )
-from ldm.distributed import Dist, cleanup, init_distributed
 from ldm.errors import LdmError
 from ldm.stages.train_diffusion import RESUMABLE_SETTINGS
-from ldm.tracking import NullTracker
+from ldm.tracker import NullTracker
+from ldm.training import checkpoint
+from ldm.training.distributed import Dist, cleanup, init_distributed
 from tests.conftest import killed_after
 
 REPO = Path(__file__).resolve().parents[1]

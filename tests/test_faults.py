@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from ldm.trial_lock import trial_lock
+from ldm.stages.trial_lock import trial_lock
 from tests.conftest import ldm_env, ldm_run, one_variant
 
 pytestmark = pytest.mark.slow

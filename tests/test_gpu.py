@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from ldm import checkpoint, config
+from ldm import config
 from ldm.cost import CostMeter, device_of_this_process, gpu_energy_mj
 from ldm.data.batches import ImageBatches, to_model_range
 from ldm.diffusion.model import LightningDiT
 from ldm.diffusion.train import DiffusionRun, fit_diffusion
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
 from ldm.tokenizer.train import TrainRun, fit
-from ldm.tracking import NullTracker
+from ldm.tracker import NullTracker
+from ldm.training import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [

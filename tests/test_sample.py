@@ -108,7 +108,7 @@ def test_the_sample_written_for_the_paper_preset_passes_its_validation(tmp_path:
     from ldm import config
     from ldm.cli.trial import ensure_images
     from ldm.data.validate import scan
-    from ldm.presets import preset_values
+    from ldm.params_file import preset_values
 
     repo = Path(__file__).resolve().parents[1]
     values = preset_values(repo / "presets", "paper")

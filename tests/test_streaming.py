@@ -18,7 +18,7 @@ from ldm.data.prepare import load_split
 from ldm.data.shards import ShardedArray
 from ldm.diffusion.train import fit_diffusion
 from ldm.errors import DataError
-from ldm.tracking import NullTracker
+from ldm.tracker import NullTracker
 from tests.test_diffusion_train import LABELS, LATENTS, assert_same_weights, make_run
 from tests.test_prepare import run, write_images, write_manifest
 

@@ -17,10 +17,10 @@ import torch
 import torch.multiprocessing as mp
 
 from ldm.data.batches import to_model_range
-from ldm.distributed import cleanup, init_distributed
 from ldm.tokenizer.model import Tokenizer
 from ldm.tokenizer.train import fit
-from ldm.tracking import NullTracker
+from ldm.tracker import NullTracker
+from ldm.training.distributed import cleanup, init_distributed
 from tests.test_tokenizer_train import ARCH, IMAGES, make_run
 
 STEPS = 4

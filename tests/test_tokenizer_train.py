@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from ldm import checkpoint, config
-from ldm.align import VFProjection
+from ldm import config
 from ldm.data.batches import ImageBatches, to_model_range
 from ldm.errors import LdmError
 from ldm.pretrained.foundation import load_foundation
-from ldm.stages.tokenizer import RESUMABLE_SETTINGS
+from ldm.stages.train_tokenizer import RESUMABLE_SETTINGS
+from ldm.tokenizer.align import VFProjection
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
 from ldm.tokenizer.train import Alignment, NonFiniteLoss, TrainRun, fit, learning_rate
-from ldm.tracking import NullTracker
+from ldm.tracker import NullTracker
+from ldm.training import checkpoint
 from tests.conftest import killed_after
 
 REPO = Path(__file__).resolve().parents[1]

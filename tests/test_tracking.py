@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from ldm import tracking
 from ldm.cli import app
+from ldm.nested import flatten
 
 runner = CliRunner()
 
@@ -84,7 +85,7 @@ def test_tracking_uri_is_absolute_and_env_overrides(
 
 
 def test_flatten_gives_the_keys_set_accepts() -> None:
-    assert tracking.flatten({"data": {"resolution": 32, "x": {"y": 1}}}) == {
+    assert flatten({"data": {"resolution": 32, "x": {"y": 1}}}) == {
         "data.resolution": 32,
         "data.x.y": 1,
     }

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ldm import checkpoint
 from ldm.cli import app
 from ldm.paths import Paths
+from ldm.training import checkpoint
 
 runner = CliRunner()
 

@@ -26,7 +26,8 @@ def run_stage(
 ) -> None:
     paths = Paths.discover()
     cfg = load_config(paths, params, overrides)
-    from ldm import launch, stages
+    from ldm import stages
+    from ldm.stages import launch
 
     # This same command for one variant: what a stage with world_size > 1 runs under torchrun.
     command = [stage.replace("_", "-"), *(["--variant", variant] if variant else [])]

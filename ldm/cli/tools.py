@@ -67,8 +67,8 @@ def sample_images(
             generator, _ = load_registered(paths.root, model)
             images = sample_registered(generator, n, class_name, cfg.sample.seed)
         else:
-            from ldm.devices import pick_device
             from ldm.generate import generate
+            from ldm.training.devices import pick_device
 
             images = generate(
                 checkpoint or paths.diffusion(variant or "aligned"),
@@ -116,8 +116,7 @@ def preset(name: Annotated[str, typer.Argument(help="A file in presets/, e.g. pa
     """Write a named preset's values into params.yaml (validated first; comments kept)."""
     import json
 
-    from ldm.params_file import write_overrides
-    from ldm.presets import preset_values
+    from ldm.params_file import preset_values, write_overrides
 
     paths = Paths.discover()
     try:

@@ -47,7 +47,7 @@ def run(
     from ldm import tracking
     from ldm.errors import LdmError
     from ldm.params_file import replace_params, write_overrides
-    from ldm.trial_lock import trial_lock
+    from ldm.stages.trial_lock import trial_lock
 
     paths = Paths.discover()
     params_path = paths.root / "params.yaml"
@@ -101,7 +101,7 @@ def last_trial(root: Path) -> dict | None:
 def record_trial(root: Path, outcome: dict) -> None:
     import json
 
-    from ldm.trial_lock import state_folder
+    from ldm.stages.trial_lock import state_folder
 
     (state_folder(root) / "last-trial.json").write_text(json.dumps(outcome, indent=2))
 

@@ -28,20 +28,20 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ldm import checkpoint
 from ldm.data.batches import to_uint8
 from ldm.diffusion.flow import flow_loss, interpolate, sample_t, velocity_target
 from ldm.diffusion.model import LightningDiT
 from ldm.diffusion.probe import ConvergenceProbe
 from ldm.diffusion.sample import sample
-from ldm.distributed import Dist, all_reduce_mean, barrier
 from ldm.errors import LdmError
 from ldm.seeds import stream_seed
+from ldm.training import checkpoint
+from ldm.training.distributed import Dist, all_reduce_mean, barrier
 
 if TYPE_CHECKING:  # the config module imports pydantic and yaml; the loop only needs the types
     from ldm.config import DiffusionConfig, SampleConfig
     from ldm.data.latents import LatentRows
-    from ldm.tracking import Tracker
+    from ldm.tracker import Tracker
 
 LOG_EVERY = 10  # steps between logged points
 T_BINS = 10  # the loss is also logged per t in [0, 0.1), [0.1, 0.2), ... : where the model errs

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ldm.config import GatesConfig
 from ldm.errors import LdmError
-from ldm.gates import GateResult, check_gates, gate_values
 from ldm.records import ConvergenceCurve, EvaluateRecord
+from ldm.report.gates import GateResult, check_gates, gate_values
 from ldm.report.summary import GateCheck, Projection, VariantSummary, fmt
 
 

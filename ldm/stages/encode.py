@@ -13,12 +13,12 @@ import json
 import shutil
 
 from ldm.config import Config
-from ldm.devices import pick_device
 from ldm.paths import Paths
 from ldm.progress import progress_bar
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
+from ldm.tracker import Tracker
+from ldm.training.devices import pick_device
 
 
 def encode(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:

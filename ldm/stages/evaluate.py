@@ -17,7 +17,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ldm.config import Config
-from ldm.devices import pick_device
 from ldm.errors import DataError
 from ldm.paths import Paths
 from ldm.records import (
@@ -32,7 +31,8 @@ from ldm.records import (
 )
 from ldm.stages.inputs import reference_features, released_tokenizer
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
+from ldm.tracker import Tracker
+from ldm.training.devices import pick_device
 
 if TYPE_CHECKING:
     import numpy as np

@@ -7,7 +7,7 @@ from ldm.errors import DataError
 from ldm.paths import Paths
 from ldm.progress import progress_bar
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
+from ldm.tracker import Tracker
 
 
 def prepare(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:

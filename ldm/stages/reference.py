@@ -17,7 +17,7 @@ from ldm.config import Config
 from ldm.errors import DataError
 from ldm.paths import Paths
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
+from ldm.tracker import Tracker
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,10 +27,10 @@ def reference(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
     import numpy as np
 
     from ldm.data.prepare import load_split
-    from ldm.devices import pick_device
     from ldm.metrics.extract import batches_of, extract_features
     from ldm.metrics.frechet import frechet_distance_between
     from ldm.pretrained.features import load_eval_features
+    from ldm.training.devices import pick_device
 
     if not (paths.prepared / "meta.json").is_file():
         raise DataError(f"{paths.prepared / 'meta.json'} not found: run `ldm prepare` first")

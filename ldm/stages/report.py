@@ -16,7 +16,7 @@ from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost, total_cost
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
+from ldm.tracker import Tracker
 
 
 def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:

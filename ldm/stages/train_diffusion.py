@@ -11,14 +11,14 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from ldm.config import Config
-from ldm.devices import pick_device
 from ldm.errors import DataError
 from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.progress import notice, progress_bar
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
+from ldm.tracker import Tracker
+from ldm.training.devices import pick_device
 
 if TYPE_CHECKING:
     import torch
@@ -50,12 +50,12 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     """Train LightningDiT on one variant's latents; release the EMA weights."""
     import torch
 
-    from ldm import checkpoint
     from ldm.data.latents import open_latents
     from ldm.diffusion import create_model
     from ldm.diffusion.train import DiffusionRun, fit_diffusion
-    from ldm.distributed import cleanup, init_distributed
     from ldm.records import ConvergenceCurve
+    from ldm.training import checkpoint
+    from ldm.training.distributed import cleanup, init_distributed
 
     diff = cfg.diffusion
     folder = paths.latents(variant)

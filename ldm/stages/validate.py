@@ -6,7 +6,7 @@ from ldm.config import Config
 from ldm.paths import Paths
 from ldm.progress import progress_bar
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
+from ldm.tracker import Tracker
 
 
 def validate(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:

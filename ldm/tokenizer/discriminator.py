@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.losses import Reduce, gradient_norm_ratio
+from ldm.tokenizer.losses import Reduce, gradient_norm_ratio
 
 
 def weights_init(m: nn.Module) -> None:

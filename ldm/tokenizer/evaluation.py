@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ldm.align import cka_from_covariance
 from ldm.data.batches import to_model_range
 from ldm.metrics.frechet import RunningMoments, frechet_distance, metric_name
 from ldm.metrics.pixels import psnr, ssim
 from ldm.pretrained.base import FeatureNet, FoundationEncoder, PerceptualDistance
 from ldm.progress import progress_bar
+from ldm.tokenizer.align import cka_from_covariance
 from ldm.tokenizer.model import Tokenizer
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ldm.checkpoint import load_release
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
+from ldm.training.checkpoint import load_release
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:

@@ -36,11 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ldm import checkpoint
-from ldm.align import adaptive_vf_weight, vf_loss
 from ldm.data.batches import ImageBatches, to_uint8
-from ldm.distributed import Dist, all_reduce_mean, barrier
 from ldm.errors import LdmError
+from ldm.tokenizer.align import adaptive_vf_weight, vf_loss
 from ldm.tokenizer.discriminator import (
     NLayerDiscriminator,
     adaptive_gan_weight,
@@ -49,10 +47,12 @@ from ldm.tokenizer.discriminator import (
     layers_for,
 )
 from ldm.tokenizer.model import Tokenizer
+from ldm.training import checkpoint
+from ldm.training.distributed import Dist, all_reduce_mean, barrier
 
 if TYPE_CHECKING:  # the config module imports pydantic; the loop only needs the types
     from ldm.config import AlignPhase, TokenizerConfig
-    from ldm.tracking import Tracker
+    from ldm.tracker import Tracker
 
 LOG_EVERY = 10  # steps between logged loss points: enough for a curve, few enough for the store
 FEATURE_CACHE_BYTES = 2 * 1024**3  # cache foundation features when all of them fit in this

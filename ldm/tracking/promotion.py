@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ldm.config import Gates
 from ldm.errors import LdmError
-from ldm.gates import check_gates
+from ldm.report.gates import check_gates
 from ldm.tracking.registry import (
     GATE_VALUES_TAG,
     INTRO,

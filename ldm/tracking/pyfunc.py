@@ -37,9 +37,9 @@ class ImageGenerator(mlflow.pyfunc.PythonModel):
     """Rows of (class_id, n, seed[, cfg_scale, steps]) -> one row per image with its PNG."""
 
     def load_context(self, context: Any) -> None:
-        from ldm.devices import pick_device
         from ldm.generate import load_diffusion
         from ldm.tokenizer.release import load_tokenizer
+        from ldm.training.devices import pick_device
 
         self.device = pick_device("auto")
         self.model, config = load_diffusion(Path(context.artifacts["diffusion"]))

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from ldm.config import SampleConfig
 from ldm.errors import LdmError
-from ldm.gates import gate_values
 from ldm.records import EvaluateRecord
-from ldm.tracking import tracking_uri
+from ldm.report.gates import gate_values
+from ldm.tracking.runs import tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

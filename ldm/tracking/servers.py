@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ldm.errors import LdmError
-from ldm.tracking import tracking_uri
+from ldm.tracking.runs import tracking_uri
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = (
@@ -152,7 +152,7 @@ class UiPages:
 def ui_pages(root: Path, experiment: str, model_name: str, base: str) -> UiPages:
     """Addresses of the pages worth opening. The runs table is named explicitly: MLflow 3.17
     otherwise opens on a GenAI overview."""
-    from ldm.tracking import _client_and_experiment
+    from ldm.tracking.runs import _client_and_experiment
 
     client, experiment_id = _client_and_experiment(root, experiment)
     trials = client.search_runs(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.losses import Reduce, gradient_norm_ratio
+from ldm.tokenizer.losses import Reduce, gradient_norm_ratio
 
 __all__ = [
     "VFProjection",

@@ -16,12 +16,12 @@ import json
 from contextlib import nullcontext
 
 from ldm.config import Config
-from ldm.devices import pick_device
 from ldm.errors import DataError
 from ldm.paths import Paths
 from ldm.progress import notice, progress_bar
 from ldm.stages.result import StageResult
-from ldm.tracking import Tracker
+from ldm.tracker import Tracker
+from ldm.training.devices import pick_device
 
 # Settings that change how a run goes, not what it computes: a run resumes across changes to
 # them (raising `steps` extends it). Any other change restarts it, keeping the old state aside.
@@ -44,19 +44,19 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     """Train one variant's tokenizer; release it with its latent statistics and quality."""
     import torch
 
-    from ldm import checkpoint
-    from ldm.align import VFProjection
     from ldm.data.batches import ImageBatches, check_images
     from ldm.data.prepare import load_split
-    from ldm.distributed import cleanup, init_distributed
     from ldm.metrics.frechet import feature_stats
     from ldm.pretrained.features import load_eval_features
     from ldm.pretrained.foundation import load_foundation
     from ldm.pretrained.perceptual import build_perceptual, load_perceptual_metric
     from ldm.stages.inputs import reference_features
+    from ldm.tokenizer.align import VFProjection
     from ldm.tokenizer.evaluation import latent_statistics, measure_reconstruction
     from ldm.tokenizer.model import Tokenizer, arch_from_preset
     from ldm.tokenizer.train import Alignment, TrainRun, fit
+    from ldm.training import checkpoint
+    from ldm.training.distributed import cleanup, init_distributed
 
     tok, align, v = cfg.tokenizer, cfg.align, cfg.variant(variant)
     stage = f"train_tokenizer@{variant}"

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ldm.errors import LdmError
+from ldm.nested import flatten
 
 STEP_PREFIX = "step-"
 
@@ -129,22 +130,12 @@ def latest_state(work_dir: Path) -> Path | None:
 
 def _changed(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every setting that differs, by its dotted name."""
-    saved, now = _flat(saved), _flat(now)
+    saved, now = flatten(saved), flatten(now)
     return [
         f"{key}: {saved.get(key)!r} -> {now.get(key)!r}"
         for key in sorted(set(saved) | set(now))
         if saved.get(key) != now.get(key)
     ]
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def split_settings(
