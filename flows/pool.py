@@ -10,24 +10,14 @@ only the stage's entry differs), the stage's outputs (`dvc pull`) and its `cache
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import yaml
 
-from flows.remote import (
-    REMOTE_FLOW,
-    dvc,
-    failure,
-    handover_file,
-    md5,
-    stage_files,
-    write_atomic,
-)
-from flows.trial import STAGE_LOG, StageFailed, say
+from flows.remote import REMOTE_FLOW, failure, handover_file, md5, stage_files, write_atomic
+from flows.stage_run import STAGE_LOG, StageFailed, dvc, dvc_step, say
 from ldm import tracking
 
 POLL_S = 2.0
@@ -48,13 +38,7 @@ def check_setup(root: Path, stage: str, pool: str) -> None:
             "MLFLOW_TRACKING_URI set to the team's MLflow server: the GPU host cannot log into "
             "this project's own store"
         )
-    remote = subprocess.run(
-        [sys.executable, "-m", "dvc", "remote", "default"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    remote = dvc(root, "remote", "default")
     if remote.returncode != 0 or not remote.stdout.strip():
         missing.append(
             "a default DVC remote both hosts reach: `dvc remote add -d NAME URL`, "
@@ -74,7 +58,7 @@ def run_on_pool(root: Path, stage: str, pool: str, parent_run_id: str, timeout_s
     files = stage_files(root, stage)
     if files.inputs:
         say(f"  pushing {', '.join(files.inputs)} to the DVC remote")
-        dvc(root, stage, "push", *files.inputs, timeout_s=timeout_s)
+        dvc_step(root, stage, "push", *files.inputs, timeout_s=timeout_s)
     lock = root / "dvc.lock"
     parameters = {
         "stage": stage,
@@ -89,7 +73,7 @@ def run_on_pool(root: Path, stage: str, pool: str, parent_run_id: str, timeout_s
     take_lock(root, stage, handover["dvc_lock"])
     for path, text in handover["files"].items():
         write_atomic(root / path, text)
-    dvc(root, stage, "pull", "--force", stage, timeout_s=timeout_s)
+    dvc_step(root, stage, "pull", "--force", stage, timeout_s=timeout_s)
     left = changes(root, stage)
     if left:
         raise StageFailed(
@@ -103,13 +87,7 @@ def run_on_pool(root: Path, stage: str, pool: str, parent_run_id: str, timeout_s
 
 def changes(root: Path, stage: str) -> dict:
     """What `dvc status` finds changed in `stage` (nothing when it is up to date)."""
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--json", stage],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    status = dvc(root, "status", "--json", stage)
     if status.returncode != 0:
         return {"dvc status": status.stderr.strip()}
     return json.loads(status.stdout or "{}")

@@ -9,7 +9,7 @@ source would clone afresh for each run: an empty DVC cache, no resume, and code 
 
 A run takes the trial's `params.yaml` and `dvc.lock`, so DVC decides here exactly as it would in
 the trial's checkout; pulls the stage's inputs from the DVC remote; runs `dvc repro --single-item`
-through flows/trial.py's `repro`, so its lines read as a local stage's; pushes the stage's
+through flows/stage_run.py's `repro`, so its lines read as a local stage's; pushes the stage's
 outputs; and hands back what DVC does not push: the updated `dvc.lock` and the stage's
 `cache: false` metrics. They travel as an artifact of the trial's MLflow run: the tracking server
 is shared already, while Prefect's return value would need result storage both hosts can read.
@@ -22,7 +22,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.states import Failed, State
 
-from flows.trial import StageFailed, repro, stage_env, stage_log
+from flows.stage_run import StageFailed, dvc_step, note, repro, stage_env
 from ldm import tracking
 from ldm.errors import LdmError
 from ldm.stages.trial_lock import trial_lock
@@ -76,37 +75,6 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def dvc(root: Path, stage: str, *args: str, timeout_s: float) -> None:
-    """`dvc ARGS` in `root`; a failure fails the stage, retried unless a setting is missing."""
-    command = f"dvc {' '.join(args)}"
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "dvc", *args],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise StageFailed(stage, None, f"`{command}` timed out") from None
-    if done.returncode == 0:
-        return
-    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-    cause = next((line for line in lines if line.startswith("ERROR")), lines[-1] if lines else "")
-    if "no remote specified" in cause:
-        raise StageFailed(
-            stage, 1, f"`{command}`: no DVC remote is set in {root}: `dvc remote add -d ...`"
-        )
-    raise StageFailed(stage, None, f"`{command}` failed: {cause}")
-
-
-def note(line: str) -> None:
-    """A line of the stage's own, indented as the stage's output is."""
-    print(f"  {line}", flush=True)
-    stage_log().info(line)
-
-
 @flow(name=REMOTE_FLOW)
 def remote_stage(
     checkout: str,
@@ -120,10 +88,18 @@ def remote_stage(
     """One stage of a trial, run in this host's checkout from the trial's params and dvc.lock."""
     root, host = Path(checkout), socket.gethostname()
     try:
-        return run_here(root, host, stage, parent_run_id, params_yaml, dvc_lock, sources, timeout_s)
+        # One stage at a time in this checkout (the worker's --limit 1 says the same).
+        with trial_lock(root, f"{stage} of a trial, sent to this GPU host"):
+            tracking.require_run(root, parent_run_id)
+            take_trial(root, params_yaml, dvc_lock, sources)
+            ran = run_here(root, host, stage, parent_run_id, timeout_s)
+        return {"host": host, "ran": ran}
+    except LdmError as err:  # a setup fault on this host: a retry would meet it again
+        failed = StageFailed(stage, 1, f"on {host}: {err}")
     except StageFailed as err:
-        # The trial reads this failure from the run's state message: the exit code goes with it.
-        return Failed(message=f"exit code {err.exit_code}: {err}")
+        failed = err
+    # The trial reads this failure from the run's state message: the exit code goes with it.
+    return Failed(message=f"exit code {failed.exit_code}: {failed}")
 
 
 def failure(stage: str, message: str) -> StageFailed | None:
@@ -135,49 +111,42 @@ def failure(stage: str, message: str) -> StageFailed | None:
     return StageFailed(stage, code, found[2])
 
 
-def run_here(
-    root: Path,
-    host: str,
-    stage: str,
-    parent_run_id: str,
-    params_yaml: str,
-    dvc_lock: str | None,
-    sources: dict[str, str | None],
-    timeout_s: float,
-) -> dict:
-    try:
-        # One stage at a time in this checkout (the worker's --limit 1 says the same).
-        with trial_lock(root, f"{stage} of a trial, sent to this GPU host"):
-            tracking.require_run(root, parent_run_id)
-            differ = [path for path, digest in sources.items() if md5(root / path) != digest]
-            if differ:
-                raise LdmError(
-                    f"the checkout {root} differs from the trial's in {', '.join(differ)}: "
-                    "bring both to the same commit (`git pull` here), then run the trial again"
-                )
-            write_atomic(root / "params.yaml", params_yaml)
-            lock = root / "dvc.lock"
-            if dvc_lock is None:
-                lock.unlink(missing_ok=True)
-            else:
-                write_atomic(lock, dvc_lock)
-            files = stage_files(root, stage)
-            if files.inputs:
-                note(f"on {host}: pulling {', '.join(files.inputs)} from the DVC remote")
-                dvc(root, stage, "pull", "--force", *files.inputs, timeout_s=timeout_s)
-            ran = repro(root, stage, stage_env(parent_run_id), timeout_s)
-            dvc(root, stage, "push", stage, timeout_s=timeout_s)
-            note(f"on {host}: pushed its outputs to the DVC remote")
-            handover = {
-                "host": host,
-                "ran": ran,
-                "dvc_lock": lock.read_text(),
-                "files": {path: (root / path).read_text() for path in files.uncached},
-            }
-            tracking.log_text(root, parent_run_id, json.dumps(handover), handover_file(stage))
-    except LdmError as err:  # a setup fault on this host: a retry would meet it again
-        raise StageFailed(stage, 1, f"on {host}: {err}") from None
-    return {"host": host, "ran": ran}
+def take_trial(
+    root: Path, params_yaml: str, dvc_lock: str | None, sources: dict[str, str | None]
+) -> None:
+    """Put the trial's params.yaml and dvc.lock in this checkout, whose code must be the trial's."""
+    differ = [path for path, digest in sources.items() if md5(root / path) != digest]
+    if differ:
+        raise LdmError(
+            f"the checkout {root} differs from the trial's in {', '.join(differ)}: "
+            "bring both to the same commit (`git pull` here), then run the trial again"
+        )
+    write_atomic(root / "params.yaml", params_yaml)
+    lock = root / "dvc.lock"
+    if dvc_lock is None:
+        lock.unlink(missing_ok=True)
+    else:
+        write_atomic(lock, dvc_lock)
+
+
+def run_here(root: Path, host: str, stage: str, parent_run_id: str, timeout_s: float) -> bool:
+    """Pull the stage's inputs, run it, push its outputs, and hand the rest back to the trial
+    through its MLflow run: True if it ran."""
+    files = stage_files(root, stage)
+    if files.inputs:
+        note(f"on {host}: pulling {', '.join(files.inputs)} from the DVC remote")
+        dvc_step(root, stage, "pull", "--force", *files.inputs, timeout_s=timeout_s)
+    ran = repro(root, stage, stage_env(parent_run_id), timeout_s)
+    dvc_step(root, stage, "push", stage, timeout_s=timeout_s)
+    note(f"on {host}: pushed its outputs to the DVC remote")
+    handover = {
+        "host": host,
+        "ran": ran,
+        "dvc_lock": (root / "dvc.lock").read_text(),
+        "files": {path: (root / path).read_text() for path in files.uncached},
+    }
+    tracking.log_text(root, parent_run_id, json.dumps(handover), handover_file(stage))
+    return ran
 
 
 def handover_file(stage: str) -> str:

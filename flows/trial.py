@@ -7,136 +7,34 @@ happened*: this flow opens the trial's parent run and each stage process logs a 
 it (the parent id travels in LDM_PARENT_RUN_ID through `dvc repro` to `ldm <stage>`).
 
 The person watching `ldm run` reads the stages' own lines (progress, results, errors) as they
-come, printed here; Prefect's log gets the same lines.
+come, printed by flows/stage_run.py; Prefect's log gets the same lines.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
-import re
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import prefect.runtime
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.logging import get_run_logger
 
+from flows.pool import check_setup, run_on_pool
+from flows.stage_run import StageFailed, repro, say, stage_env
 from ldm import config, tracking
 from ldm.stages import stage_names
 
 # `ldm <stage>` exits 1 when the data or setup needs a fix and 2 on a bad config: retrying those
 # cannot help. Anything else (an unexpected error, a killed process, a locked store) is retried.
 FINAL_EXIT_CODES = (1, 2)
-# DVC's advice after each stage (git add dvc.lock, autostage, dvc push) is for people running it
-# by hand; repeated after every stage of a trial it buries the progress.
-DVC_HINTS = re.compile(
-    r"^(To track the changes with git, run:|To enable auto staging, run:|\s*git add |"
-    r"\s*dvc config core\.autostage|Use `dvc push` to send|Updating lock file|\s*$)"
-)
-SKIPPED = re.compile(r"Stage '.*' didn't change, skipping")
-
-
-class StageFailed(RuntimeError):
-    def __init__(self, stage: str, exit_code: int | None, detail: str) -> None:
-        super().__init__(f"{stage}: {detail}")
-        self.stage, self.exit_code = stage, exit_code
 
 
 def is_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's retry hook)
     """Retry unless the stage said its input is wrong: the same input would fail again."""
     error = state.data if isinstance(state.data, BaseException) else None
     return not (isinstance(error, StageFailed) and error.exit_code in FINAL_EXIT_CODES)
-
-
-def stage_env(parent_run_id: str) -> dict[str, str]:
-    """The stage's environment: this interpreter's scripts first on PATH, the parent run's id."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env[tracking.PARENT_RUN_ENV] = parent_run_id
-    return env
-
-
-# The stages' own lines go to Prefect's log under this name, so that a trial can follow a stage
-# that runs on another host (flows/pool.py) by its lines alone.
-STAGE_LOG = "stage"
-
-
-def stage_log() -> logging.LoggerAdapter:
-    run_logger = get_run_logger()
-    return type(run_logger)(run_logger.logger.getChild(STAGE_LOG), run_logger.extra)
-
-
-def say(line: str) -> None:
-    """A line for the terminal of `ldm run` and for Prefect's log."""
-    print(line, flush=True)
-    stage_log().info(line)
-
-
-def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool:
-    """`dvc repro --single-item <stage>`, its output streamed as it comes; True if it ran."""
-    # Same process group as the trial: Ctrl+C, a closed terminal or a kill of the group reach
-    # the stage too, so no stage can outlive its trial and write beside the next one.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    logger = stage_log()
-
-    def pump() -> None:
-        for raw in proc.stdout:
-            line = raw.rstrip()
-            lines.append(line)
-            if not DVC_HINTS.match(line):
-                print(f"  {line}", flush=True)
-                logger.info(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        stop_tree(proc)  # dvc, `ldm <stage>` and its workers
-        raise StageFailed(stage, None, f"timed out after {timeout_s / 60:.0f} min") from None
-    except BaseException:  # a cancelled flow: stop the stage too, it resumes from a checkpoint
-        stop_tree(proc)
-        raise
-    reader.join(timeout=10)
-    if proc.returncode != 0:
-        found = re.findall(r"exited with (-?\d+)", "\n".join(lines))
-        exit_code = int(found[-1]) if found else None
-        cause = next((ln for ln in reversed(lines) if ln and not DVC_HINTS.match(ln)), "")
-        raise StageFailed(stage, exit_code, f"failed (exit code {exit_code}): {cause}")
-    return not any(SKIPPED.search(line) for line in lines)
-
-
-def stop_tree(proc: subprocess.Popen) -> None:
-    """Terminate a process and everything it started, then reap it."""
-    import psutil
-
-    try:
-        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-    except psutil.NoSuchProcess:
-        family = []
-    for member in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            member.terminate()
-    _, alive = psutil.wait_procs(family, timeout=30)
-    for member in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            member.kill()
-    proc.wait()
 
 
 def tag_key(stage: str) -> str:
@@ -154,8 +52,6 @@ def run_stage(
     say(f"> {stage}" + (f" (attempt {attempt})" if attempt > 1 else ""))
     try:
         if pool:
-            from flows.pool import run_on_pool  # it builds on this module
-
             ran = run_on_pool(Path(root), stage, pool, parent_run_id, timeout_s)
         else:
             ran = repro(Path(root), stage, stage_env(parent_run_id), timeout_s)
@@ -188,8 +84,6 @@ def trial(root: str, overrides: list[str] | None = None) -> dict:
         pool = settings.gpu_pool
         remote = [s for s in stages if pool and s.split("@")[0] in settings.gpu_stages]
         if remote:
-            from flows.pool import check_setup  # it builds on this module
-
             check_setup(project, remote[0], pool)
         for stage in stages:
             stage_task = run_stage.with_options(
@@ -252,7 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as `flows.trial`, the module flows/pool.py raises StageFailed from, not a copy of it.
-    from flows.trial import main as trial_main
-
-    sys.exit(trial_main())
+    sys.exit(main())

@@ -12,7 +12,8 @@ import yaml
 from mlflow import MlflowClient
 from prefect.states import Failed
 
-from flows.trial import StageFailed, is_transient, trial
+from flows.stage_run import StageFailed
+from flows.trial import is_transient, trial
 from ldm.config import load
 from ldm.stages import stage_names
 from tests.conftest import ldm_run, one_variant, set_params
