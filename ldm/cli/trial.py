@@ -75,20 +75,18 @@ def run(
 
 def nothing_changed(root: Path) -> bool:
     """True when every stage is up to date and a trial already recorded the result."""
-    import json
-    import subprocess
-    import sys
+    # DVC's own API (what `dvc status` calls), not a `dvc` process: the one place that runs
+    # DVC commands is flows/stage_run.py, which `ldm` may not import (it never imports
+    # Prefect), and this question needs no process, output or timeout of its own.
+    from dvc.repo import Repo
 
     if last_trial(root) is None:
         return False
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--json"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return status.returncode == 0 and json.loads(status.stdout or "{}") == {}
+    try:
+        with Repo(str(root)) as repo:
+            return repo.status() == {}
+    except Exception:  # DVC cannot tell (e.g. a broken dvc.yaml): the trial runs and says why
+        return False
 
 
 def last_trial(root: Path) -> dict | None:
