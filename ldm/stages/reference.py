@@ -37,11 +37,12 @@ def reference(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
     ev = cfg.evaluate
     net = load_eval_features(ev.features, paths.local(ev.features_weights), ev.features_sha256)
     net = net.to(pick_device(cfg.diffusion.device))
+    # Shards, read a batch at a time: memory does not grow with the split.
     val_images, val_labels = load_split(paths.prepared, "val")
     train_images, train_labels = load_split(paths.prepared, "train")
     pick = np.sort(np.random.default_rng(ev.seed).permutation(len(train_images))[: ev.num_samples])
     val = extract_features(net, batches_of(val_images, ev.batch_size))
-    train = extract_features(net, batches_of(train_images.take(pick), ev.batch_size))
+    train = extract_features(net, batches_of(train_images, ev.batch_size, rows=pick))
     out = paths.reference
     out.mkdir(parents=True, exist_ok=True)
     save_features(out / "val.npz", val, np.asarray(val_labels), net.name)
