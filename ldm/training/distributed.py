@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,15 @@ class Dist:
     def device(self, kind: str) -> torch.device:
         """This process's device: the CUDA device of its local rank, or the CPU."""
         return torch.device("cuda", self.local_rank) if kind == "cuda" else torch.device("cpu")
+
+
+def wrap(module: nn.Module, dist: Dist, device: torch.device, **kwargs: Any) -> nn.Module:
+    """`module` under DDP when there are several ranks (its gradients averaged over them), else
+    `module` itself. DDP broadcasts rank 0's weights here."""
+    if dist.world_size == 1:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, **kwargs)
 
 
 def init_distributed(device_kind: str) -> Dist:
