@@ -3,6 +3,9 @@
 On a terminal: a rich bar. Anywhere else (under `ldm run`, `dvc repro`, CI, a Prefect worker,
 a log file): a plain line at least every PLAIN_EVERY_S seconds, also while one slow step is
 still running, naming the stage, the step, the latest loss, images/s and the time left.
+
+A resumed loop first reports the units an earlier process did (`already_done=True`): they count
+toward the total, not toward the rate or the time left, which measure this process alone.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ PLAIN_EVERY_S = 10.0  # under the 15 s a log reader waits before wondering wheth
 
 
 class Advance(Protocol):
-    def __call__(self, n: int = 1, **status: float) -> None: ...
+    def __call__(self, n: int = 1, *, already_done: bool = False, **status: float) -> None: ...
 
 
 def notice(message: str) -> None:
@@ -38,7 +41,7 @@ class PlainLines:
 
     def __init__(self, description: str, total: int | None, images_per_unit: int | None) -> None:
         self.description, self.total, self.images_per_unit = description, total, images_per_unit
-        self.done, self.status = 0, {}
+        self.done, self.already, self.status = 0, 0, {}  # `already`: done before this process
         self.started = self.last_line = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,9 +59,10 @@ class PlainLines:
         if exc[0] is None:
             self._print(final=True)
 
-    def advance(self, n: int = 1, **status: float) -> None:
+    def advance(self, n: int = 1, *, already_done: bool = False, **status: float) -> None:
         with self._lock:
             self.done += n
+            self.already += n if already_done else 0
             self.status.update(status)
         if time.monotonic() - self.last_line >= PLAIN_EVERY_S:
             self._print()
@@ -71,17 +75,17 @@ class PlainLines:
 
     def line(self, final: bool = False) -> str:
         with self._lock:
-            done, status = self.done, dict(self.status)
+            done, ran, status = self.done, self.done - self.already, dict(self.status)
         elapsed = time.monotonic() - self.started
         parts = [self.description]
         parts.append(f"{done}/{self.total}" if self.total else f"{done}")
         parts += [f"{key} {value:.4g}" for key, value in status.items() if value == value]
-        if self.images_per_unit and elapsed > 0 and done:
-            parts.append(f"{done * self.images_per_unit / elapsed:.1f} img/s")
+        if self.images_per_unit and elapsed > 0 and ran > 0:
+            parts.append(f"{ran * self.images_per_unit / elapsed:.1f} img/s")
         if final:
             parts.append(f"done in {_duration(elapsed)}")
-        elif self.total and done:
-            parts.append(f"ETA {_duration(elapsed / done * (self.total - done))}")
+        elif self.total and ran > 0:
+            parts.append(f"ETA {_duration(elapsed / ran * (self.total - done))}")
         else:
             parts.append(f"{_duration(elapsed)} elapsed")
         return "  ".join(parts)
@@ -126,7 +130,11 @@ def progress_bar(
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task(description, total=total, status="")
 
-        def advance(n: int = 1, **status: float) -> None:
+        def advance(n: int = 1, *, already_done: bool = False, **status: float) -> None:
+            if already_done:  # restart the clock at that count: rich's speed counts from here
+                done = next(t.completed for t in progress.tasks if t.id == task)
+                progress.reset(task, completed=int(done) + n)
+                return
             shown = "  ".join(f"{k} {v:.4g}" for k, v in status.items() if v == v)  # not NaN
             progress.update(task, advance=n, **({"status": shown} if status else {}))
 

@@ -40,3 +40,28 @@ def test_unknown_loss_is_left_out(
     with progress.progress_bar("x", 2) as advance:
         advance(1, loss=float("nan"))
     assert "loss" not in capsys.readouterr().err
+
+
+def test_a_resumed_loop_counts_rate_and_eta_from_where_it_resumed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    lines = progress.PlainLines("train_diffusion@plain", 1000, images_per_unit=64)
+    lines.advance(600, already_done=True)  # an earlier process trained these
+    assert "ETA" not in lines.line() and "img/s" not in lines.line()
+    clock[0] += 10.0
+    for _ in range(100):
+        lines.advance(1, loss=0.5)
+    # 100 steps of 64 images in 10 s; the 300 left at that pace take 30 s.
+    assert lines.line() == "train_diffusion@plain  700/1000  loss 0.5  640.0 img/s  ETA 30s"
+
+
+def test_the_terminal_bar_takes_a_resumed_count(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True)
+    with progress.progress_bar("train", 10, images_per_unit=4) as advance:
+        advance(6, already_done=True)
+        advance(1, loss=0.3)
+    assert "7/10" in capsys.readouterr().err
