@@ -10,7 +10,7 @@ import torch
 from ldm.config import SampleConfig
 from ldm.data.batches import to_uint8
 from ldm.diffusion import create_model
-from ldm.diffusion.sample import sample
+from ldm.diffusion.sample import sample_images
 from ldm.errors import DataError
 from ldm.tokenizer.release import load_tokenizer
 from ldm.training.checkpoint import load_release
@@ -83,26 +83,8 @@ def draw(
         model_config["latent_size"],
         model_config["latent_size"],
     )
-    guidance = settings.cfg_scale if labels is not None else 1.0
-    with torch.no_grad():
-        latents = sample(
-            model,
-            shape,
-            None if labels is None else labels.to(device),
-            settings.steps,
-            settings.solver,
-            guidance,
-            tuple(settings.cfg_interval),
-            settings.shift,
-            generator,
-            settings.batch_size,
-        )
-        images = torch.cat(
-            [
-                tokenizer.decode(latents[i : i + settings.batch_size])
-                for i in range(0, n, settings.batch_size)
-            ]
-        )
+    labels = None if labels is None else labels.to(device)
+    images = sample_images(model, shape, labels, settings, generator, tokenizer.decode)
     return to_uint8(images)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ldm.diffusion.sample import sample
+from ldm.diffusion.sample import sample_images
 
 if TYPE_CHECKING:
     from ldm.config import SampleConfig
@@ -42,28 +42,10 @@ class ConvergenceProbe:
 
     @torch.no_grad()
     def __call__(self, ema: nn.Module, step: int, compute_hours: float) -> float:
-        sc = self.sample_cfg
+        """The FD of `ema`'s samples after `step` steps, recorded as a point of the curve."""
         labels = None if self.labels is None else self.labels.to(self.device)
-        scale = sc.cfg_scale if labels is not None else 1.0  # guidance needs labels
-        noise = torch.Generator(self.device).manual_seed(sc.seed)
-        z = sample(
-            ema,
-            self.shape,
-            labels,
-            sc.steps,
-            sc.solver,
-            scale,
-            tuple(sc.cfg_interval),
-            sc.shift,
-            noise,
-            sc.batch_size,
-        )  # (N, C, h, w)
-        images = torch.cat(
-            [
-                self.decode(z[i : i + sc.batch_size]).float().clamp(-1, 1).cpu()
-                for i in range(0, len(z), sc.batch_size)
-            ]
-        )  # (N, 3, H, W)
+        noise = torch.Generator(self.device).manual_seed(self.sample_cfg.seed)
+        images = sample_images(ema, self.shape, labels, self.sample_cfg, noise, self.decode)
         fd = float(self.score(images))
         self.points = [p for p in self.points if p["step"] < step]  # a rollback repeats steps
         self.points.append({"step": step, "compute_hours": compute_hours, "fd": fd})

@@ -9,16 +9,20 @@
   only the first 3 of 32 channels, a DiT leftover; we do not copy that.) Guidance applies only
   while t_low ≤ t ≤ t_high; outside, the conditional velocity alone. The paper's interval (guide
   once its τ ≥ 0.11) is (0.0, 0.89) here. The null class id is `model.num_classes`.
-- No decoding here: the tokenizer owns its latent scale and decodes.
+- The tokenizer owns its latent scale and decodes: `sample_images` takes its `decode` as a
+  callable, so this package never imports the tokenizer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the config module imports pydantic; sampling only needs the type
+    from ldm.config import SampleConfig
 
 Velocity = Callable[[Tensor, float], Tensor]
 
@@ -117,3 +121,33 @@ def sample(
     finally:
         model.train(was_training)
     return torch.cat(out)  # (N, C, H, W)
+
+
+@torch.no_grad()
+def sample_images(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    labels: Tensor | None,
+    settings: SampleConfig,
+    generator: torch.Generator,
+    decode: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """Images (N, 3, H, W) in [-1, 1], float on the CPU: latents of `shape` sampled with
+    `settings` (guided when there are labels), decoded `settings.batch_size` at a time."""
+    scale = settings.cfg_scale if labels is not None else 1.0  # guidance needs labels
+    size = settings.batch_size
+    z = sample(
+        model,
+        shape,
+        labels,
+        settings.steps,
+        settings.solver,
+        scale,
+        tuple(settings.cfg_interval),
+        settings.shift,
+        generator,
+        size,
+    )  # (N, C, h, w)
+    return torch.cat(
+        [decode(z[i : i + size]).float().clamp(-1, 1).cpu() for i in range(0, len(z), size)]
+    )  # (N, 3, H, W)
