@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -16,18 +17,14 @@ import torch.multiprocessing as mp
 from ldm import config
 from ldm.diffusion.flow import flow_loss, interpolate, velocity_target
 from ldm.diffusion.model import LightningDiT
-from ldm.diffusion.train import (
-    DiffusionRun,
-    NonFiniteLoss,
-    batch_indices,
-    fit_diffusion,
-    warmup_then_decay,
-)
+from ldm.diffusion.train import DiffusionRun, batch_indices, fit_diffusion
 from ldm.errors import LdmError
 from ldm.stages.train_diffusion import RESUMABLE_SETTINGS
 from ldm.tracker import NullTracker
 from ldm.training import checkpoint
 from ldm.training.distributed import Dist, cleanup, init_distributed
+from ldm.training.resume import NonFiniteLoss
+from ldm.training.schedule import FLOOR, resumed_schedule
 from tests.conftest import killed_after
 
 REPO = Path(__file__).resolve().parents[1]
@@ -273,10 +270,57 @@ def test_logs_loss_by_t_bin_and_sample_grids(tmp_path: Path) -> None:
     assert tracker.images[0][2].dtype == np.uint8
 
 
-def test_batches_cover_each_epoch_and_the_schedule_warms_up() -> None:
+def test_batches_cover_each_epoch() -> None:
     epoch = torch.cat([batch_indices(12, 4, 0, s) for s in range(3)])
     assert sorted(epoch.tolist()) == list(range(12))
     assert torch.equal(batch_indices(12, 4, 0, 5), batch_indices(12, 4, 0, 5))
-    assert warmup_then_decay(1.0, "cosine", 10, 0, 100) == pytest.approx(0.1)
-    assert warmup_then_decay(1.0, "cosine", 10, 100, 100) == pytest.approx(0.1)
-    assert warmup_then_decay(1.0, "constant", 10, 50, 100) == pytest.approx(1.0)
+
+
+def rates(tracker: Recorder) -> dict[int, float]:
+    """train/lr by the step count it was logged at."""
+    return {step: m["train/lr"] for step, m in tracker.metrics.items() if "train/lr" in m}
+
+
+def test_an_extended_run_keeps_the_rates_of_its_past(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ldm.diffusion.train as loop
+
+    monkeypatch.setattr(loop, "LOG_EVERY", 1)  # train/lr of every step
+    first, extension = Recorder(), Recorder()
+    with pytest.raises(KeyboardInterrupt):  # steps 0-4 trained, resume point at 4
+        fit_diffusion(make_run(tmp_path, 6), first, killed_after(5))
+    run = make_run(tmp_path, 10)
+    fit_diffusion(run, extension, lambda n, **_: None)
+    assert run.history["resumed_from_step"] == 4
+    before, after = rates(first), rates(extension)
+
+    state = torch.load(checkpoint.latest_state(tmp_path) / "state.pt", weights_only=True)
+    cfg = run.cfg
+    saved = resumed_schedule(
+        cfg.lr, cfg.lr_schedule, cfg.warmup_steps, 10, state, "diffusion.steps"
+    )
+    assert [saved.rate(s) for s in range(4)] == [before[s + 1] for s in range(4)]
+    assert [saved.rate(s) for s in range(4, 10)] == [after[s + 1] for s in range(4, 10)]
+    reached = before[5] / cfg.lr  # warm-up (2 steps) is over
+    for step in range(4, 10):
+        cosine = 0.5 * (1 + math.cos(math.pi * (step - 4) / (10 - 4)))
+        assert after[step + 1] == pytest.approx(cfg.lr * (FLOOR + (reached - FLOOR) * cosine))
+
+
+def test_a_resume_point_saved_without_a_schedule_still_extends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ldm.diffusion.train as loop
+
+    monkeypatch.setattr(loop, "LOG_EVERY", 1)
+    fit_diffusion(make_run(tmp_path, 4), NullTracker(), lambda n, **_: None)
+    path = checkpoint.latest_state(tmp_path) / "state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["schedule"]  # as written before schedules were saved
+    torch.save(state, path)
+    run, extension = make_run(tmp_path, 7), Recorder()
+    fit_diffusion(run, extension, lambda n, **_: None)
+    assert run.history["resumed_from_step"] == 4
+    # Its 4 recorded steps had decayed it to the floor: the added steps hold the floor.
+    assert rates(extension) == {s: pytest.approx(run.cfg.lr * FLOOR) for s in (5, 6, 7)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ from ldm.pretrained.foundation import load_foundation
 from ldm.stages.train_tokenizer import RESUMABLE_SETTINGS
 from ldm.tokenizer.align import VFProjection
 from ldm.tokenizer.model import Tokenizer, TokenizerArch
-from ldm.tokenizer.train import Alignment, NonFiniteLoss, TrainRun, fit, learning_rate
+from ldm.tokenizer.train import Alignment, TrainRun, fit
 from ldm.tracker import NullTracker
 from ldm.training import checkpoint
+from ldm.training.resume import NonFiniteLoss
+from ldm.training.schedule import FLOOR, resumed_schedule
 from tests.conftest import killed_after
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,14 +216,53 @@ def test_a_failed_checkpoint_write_leaves_the_last_complete_one(
     assert state["note"] == "good" and state["step"] == 2
 
 
-def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
-    cfg = config.load(REPO / "params.yaml", ["tokenizer.warmup_steps=10", "tokenizer.lr=1.0"])
-    tok = cfg.tokenizer
-    assert learning_rate(tok, 0, 100) == pytest.approx(0.1)
-    assert learning_rate(tok, 9, 100) == pytest.approx(1.0)
-    assert learning_rate(tok, 100, 100) == pytest.approx(0.1)
-    constant = tok.model_copy(update={"lr_schedule": "constant"})
-    assert learning_rate(constant, 50, 100) == pytest.approx(1.0)
+def spy_on_phases(run: TrainRun, seen: dict[int, list[int]]) -> TrainRun:
+    """Record the index of the alignment phase the loop picks for every step it trains."""
+    real = run.alignment.phase
+
+    def phase(step: int, total: int):  # noqa: ANN202
+        chosen = real(step, total)
+        seen.setdefault(step, []).append(run.alignment.phases.index(chosen))
+        return chosen
+
+    run.alignment.phase = phase
+    return run
+
+
+def test_an_extended_run_keeps_the_rates_and_phases_of_its_past(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ldm.tokenizer.train as loop
+
+    monkeypatch.setattr(loop, "LOG_EVERY", 1)  # train/lr of every step
+    phases: dict[int, list[int]] = {}
+    first, extension = Recorder(), Recorder()
+    with pytest.raises(KeyboardInterrupt):  # steps 0-4 trained, resume point at 4
+        fit(spy_on_phases(make_run(tmp_path, 6, True), phases), first, killed_after(5))
+    run = spy_on_phases(make_run(tmp_path, 10, True), phases)
+    fit(run, extension, lambda n, **_: None)
+    assert run.history["resumed_from_step"] == 4
+
+    # The saved schedule gives the steps the first process kept the rates it trained them with,
+    # and the extension the rates it trained with.
+    state = torch.load(checkpoint.latest_state(tmp_path) / "state.pt", weights_only=True)
+    tok = run.cfg
+    saved = resumed_schedule(
+        tok.lr, tok.lr_schedule, tok.warmup_steps, 10, state, "tokenizer.steps"
+    )
+    assert [saved.rate(s) for s in range(4)] == [first.lr[s + 1] for s in range(4)]
+    assert [saved.rate(s) for s in range(4, 10)] == [extension.lr[s + 1] for s in range(4, 10)]
+    # The extension: a cosine from the rate step 4 had in the first process to the floor at 10.
+    reached = first.lr[5] / tok.lr  # warm-up (1 step) is over
+    for step in range(4, 10):
+        cosine = 0.5 * (1 + math.cos(math.pi * (step - 4) / (10 - 4)))
+        assert extension.lr[step + 1] == pytest.approx(
+            tok.lr * (FLOOR + (reached - FLOOR) * cosine)
+        )
+    # Phases split the first 6 steps in halves: step 3 on is the last phase, before and after.
+    assert phases == {s: [0] for s in range(3)} | {3: [1], 4: [1, 1]} | {
+        s: [1] for s in range(5, 10)
+    }
 
 
 def test_one_process_trains_in_a_work_folder_at_a_time(tmp_path: Path) -> None:
@@ -281,6 +323,9 @@ def test_the_real_loop_weighs_the_vf_loss_on_the_encoders_last_layer(
 class Recorder(NullTracker):
     def __init__(self) -> None:
         self.metrics: list[dict[str, float]] = []
+        self.lr: dict[int, float] = {}  # train/lr by the step count it was logged at
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.metrics.append(metrics)
+        if "train/lr" in metrics:
+            self.lr[step] = metrics["train/lr"]

@@ -26,31 +26,29 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ldm.data.batches import to_uint8
 from ldm.diffusion.flow import flow_loss, interpolate, sample_t, velocity_target
 from ldm.diffusion.model import LightningDiT
 from ldm.diffusion.probe import ConvergenceProbe
-from ldm.diffusion.sample import sample
+from ldm.diffusion.sample import sample_images
 from ldm.errors import LdmError
 from ldm.seeds import stream_seed
 from ldm.training import checkpoint
-from ldm.training.distributed import Dist, all_reduce_mean, barrier
+from ldm.training.distributed import Dist, all_reduce_mean, barrier, wrap
+from ldm.training.resume import NonFiniteLoss, resume, save_resume_point
+from ldm.training.schedule import resumed_schedule
 
 if TYPE_CHECKING:  # the config module imports pydantic and yaml; the loop only needs the types
     from ldm.config import DiffusionConfig, SampleConfig
     from ldm.data.latents import LatentRows
+    from ldm.progress import Advance
     from ldm.tracker import Tracker
 
 LOG_EVERY = 10  # steps between logged points
 T_BINS = 10  # the loss is also logged per t in [0, 0.1), [0.1, 0.2), ... : where the model errs
 GRID_IMAGES, GRID_COLUMNS = 16, 8  # the logged sample grid: 2 rows of 8
 MAX_ROLLBACKS = 10  # a run that keeps diverging after this many rollbacks is stopped
-
-
-class NonFiniteLoss(LdmError):
-    """Training diverged; the message names the last good checkpoint."""
 
 
 @dataclass
@@ -75,15 +73,6 @@ class DiffusionRun:
     history: dict[str, float] = field(default_factory=dict)
     ema: nn.Module | None = None  # set by fit_diffusion on rank 0: the weights later stages use
     probe: ConvergenceProbe | None = None  # the convergence curve, measured at sample steps
-
-
-def warmup_then_decay(base_lr: float, schedule: str, warmup: int, step: int, total: int) -> float:
-    """Linear warm-up, then constant or cosine decay to 10 % of `base_lr` at `total`."""
-    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    if schedule == "constant":
-        return base_lr * warm
-    progress = max(0.0, step - warmup) / max(1, total - warmup)
-    return base_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 @functools.lru_cache(maxsize=4)
@@ -111,15 +100,12 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def sample_grid(model: nn.Module, run: DiffusionRun) -> np.ndarray:
     """EMA samples for fixed noise and labels cycling over the classes: uint8 (rows·H, 8·W, 3)."""
-    sc, net = run.sample_cfg, checkpoint.unwrap(model)
+    net = checkpoint.unwrap(model)
     labels = torch.arange(GRID_IMAGES) % run.num_classes if run.num_classes else None
     shape = (GRID_IMAGES, net.latent_channels, net.latent_size, net.latent_size)
-    scale = sc.cfg_scale if labels is not None else 1.0  # guidance needs labels
-    noise = torch.Generator(run.device).manual_seed(sc.seed)
-    args = (sc.steps, sc.solver, scale, tuple(sc.cfg_interval), sc.shift, noise, sc.batch_size)
-    z = sample(model, shape, labels, *args)  # (n, C, h, w)
-    with torch.no_grad():
-        images = to_uint8(run.decode(z))  # (n, H, W, 3)
+    noise = torch.Generator(run.device).manual_seed(run.sample_cfg.seed)
+    images = sample_images(model, shape, labels, run.sample_cfg, noise, run.decode)
+    images = to_uint8(images)  # (n, H, W, 3)
     n, h, w, _ = images.shape
     rows = images.reshape(n // GRID_COLUMNS, GRID_COLUMNS, h, w, 3).transpose(0, 2, 1, 3, 4)
     return np.ascontiguousarray(rows.reshape(n // GRID_COLUMNS * h, GRID_COLUMNS * w, 3))
@@ -143,40 +129,6 @@ def _rank_batch(
     if run.num_classes:
         y = torch.where(drop, run.num_classes, run.labels[idx].to(device))  # (S,)
     return x0, y, t, noise
-
-
-def _resume(run: DiffusionRun, modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> dict:
-    """Load the newest resume point these settings can continue; its state, or {} if none."""
-    latest = checkpoint.latest_state(run.work_dir)
-    found = checkpoint.find_resume_point(
-        run.work_dir,
-        run.identity,
-        run.settings,
-        run.cfg.steps,
-        run.notice if run.dist.is_main else lambda _: None,
-        may_move=False,
-    )
-    barrier()  # every rank has read the folder before rank 0 may move it
-    if found is None:
-        if run.dist.is_main and latest is not None:
-            step = torch.load(latest / "state.pt", weights_only=True)["step"]
-            checkpoint.set_aside(run.work_dir, checkpoint.aside_name(run.work_dir, step))
-        return {}
-    folder, state = found
-    checkpoint.load_state(folder, modules)
-    opt.load_state_dict(state["optimizer"])
-    run.history["resumed_from_step"] = float(state["step"])
-    return state
-
-
-def _cpu_state(optimizer: torch.optim.Optimizer) -> dict:
-    """The optimiser's state with CPU tensors: every rank can load it without touching GPU 0."""
-    sd = optimizer.state_dict()
-    sd["state"] = {
-        key: {name: v.cpu() if torch.is_tensor(v) else v for name, v in per_param.items()}
-        for key, per_param in sd["state"].items()
-    }
-    return sd
 
 
 def _peak_memory_mib(device: torch.device) -> float:
@@ -222,9 +174,7 @@ def _loss_by_t(by_t: Tensor) -> dict[str, float]:
     }
 
 
-def fit_diffusion(
-    run: DiffusionRun, tracker: Tracker, progress: Callable[[int], None]
-) -> dict[str, float]:
+def fit_diffusion(run: DiffusionRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
     """Train `run.model` in place for cfg.steps steps (resuming if it can); set `run.ema`."""
     cfg, dist = run.cfg, run.dist
     cuda = run.device.type == "cuda"
@@ -244,17 +194,24 @@ def fit_diffusion(
     )
     ema = copy.deepcopy(model).requires_grad_(False).eval() if dist.is_main else None
     modules: dict[str, nn.Module] = {"model": model} | ({"ema": ema} if ema else {})
-    state = _resume(run, modules, optimizer)
+    saved = {"optimizer": optimizer}
+    state = resume(
+        run.work_dir, run.identity, run.settings, cfg.steps, run.notice, dist, modules, saved
+    )
+    schedule = resumed_schedule(
+        cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.steps, state, "diffusion.steps"
+    )
+    state = state or {}
+    if state:
+        run.history["resumed_from_step"] = float(state["step"])
     start, skipped = int(state.get("step", 0)), set(state.get("skipped", []))
     past_gpu_hours = float(state.get("gpu_hours", 0.0))
     past_compute_hours = float(state.get("compute_hours", 0.0))
     if run.probe is not None and "curve" in state:
         run.probe.load(state["curve"])
-    progress(start)
+    progress(start, already_done=True)
 
-    net = model
-    if dist.world_size > 1:  # DDP broadcasts rank 0's weights here
-        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    net = wrap(model, dist, device)
     forward = torch.compile(net) if cfg.compile and cuda else net
     clock = window_clock = time.perf_counter()
 
@@ -306,7 +263,7 @@ def fit_diffusion(
                 step += 1
                 progress(1)
                 continue
-            lr = warmup_then_decay(cfg.lr, cfg.lr_schedule, cfg.warmup_steps, step, cfg.steps)
+            lr = schedule.rate(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -319,10 +276,11 @@ def fit_diffusion(
             if all_finite < 1.0:
                 last_good = checkpoint.latest_state(run.work_dir)
                 if cfg.on_non_finite == "stop" or last_good is None or rollbacks >= MAX_ROLLBACKS:
-                    raise NonFiniteLoss(
-                        f"step {step}: the loss or gradient is not finite; training stopped. The "
-                        f"last good checkpoint is {last_good or '(none yet)'}; lower diffusion.lr, "
-                        "raise warmup_steps or set grad_clip, then run again to resume."
+                    raise NonFiniteLoss.at(
+                        step,
+                        "the loss or gradient is not finite",
+                        run.work_dir,
+                        "lower diffusion.lr, raise warmup_steps or set grad_clip",
                     )
                 restored = checkpoint.load_state(last_good, modules)
                 optimizer.load_state_dict(restored["optimizer"])
@@ -351,13 +309,13 @@ def fit_diffusion(
             # The last step is saved too, so that raising the steps later extends this run.
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 if dist.is_main:
-                    extra = {"optimizer": _cpu_state(optimizer)}
-                    extra |= checkpoint.resume_metadata(run.identity, run.settings)
-                    extra |= {"skipped": sorted(skipped), "gpu_hours": gpu_hours()}
-                    extra |= {"compute_hours": compute_hours()}
+                    extra = {"schedule": schedule.state(), "skipped": sorted(skipped)}
+                    extra |= {"gpu_hours": gpu_hours(), "compute_hours": compute_hours()}
                     if run.probe is not None:
                         extra["curve"] = run.probe.state()
-                    checkpoint.save_state(run.work_dir, done, modules, extra)
+                    save_resume_point(
+                        run.work_dir, done, run.identity, run.settings, modules, saved, extra
+                    )
                 barrier()  # no rank runs ahead of a resume point it might roll back to
             progress(1, loss=final_loss)
             step += 1

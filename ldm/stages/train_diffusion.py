@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 
 # Settings that change how a run goes, not what it computes: a run resumes across changes to
-# them (raising `steps` extends it). Any other change restarts it, keeping the old state aside.
+# them (raising `steps` extends it, on the schedule `ldm.training.schedule` describes). Any other
+# change restarts it, keeping the old state aside.
 # micro_batch_size only splits the same global batch into gradient-accumulation pieces.
 RESUMABLE_SETTINGS = frozenset(
     {

@@ -24,7 +24,8 @@ from ldm.tracker import Tracker
 from ldm.training.devices import pick_device
 
 # Settings that change how a run goes, not what it computes: a run resumes across changes to
-# them (raising `steps` extends it). Any other change restarts it, keeping the old state aside.
+# them (raising `steps` extends it, on the schedule `ldm.training.schedule` describes). Any other
+# change restarts it, keeping the old state aside.
 RESUMABLE_SETTINGS = frozenset(
     {
         "steps",

@@ -7,7 +7,8 @@ measured against: w_vf on the encoder's last layer (VA-VAE), w_gan on the decode
 
 Every random draw is a function of (seed, step): the batch order and flips (`ImageBatches`) and
 the posterior noise (a generator seeded per step). A run resumed from its last complete
-checkpoint (weights, optimisers, step) therefore continues exactly as if never interrupted.
+checkpoint (weights, optimisers, step, learning-rate schedule) therefore continues exactly as if
+never interrupted.
 
 Under DDP (torchrun, one process per GPU) the draws are made for the *global* batch and each rank
 takes its slice, every loss is a per-sample mean, and DDP averages the gradients of the model,
@@ -25,7 +26,6 @@ the VF projection and the discriminator: the update is that of one process on th
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,19 +47,17 @@ from ldm.tokenizer.discriminator import (
     layers_for,
 )
 from ldm.tokenizer.model import Tokenizer
-from ldm.training import checkpoint
-from ldm.training.distributed import Dist, all_reduce_mean, barrier
+from ldm.training.distributed import Dist, all_reduce_mean, barrier, wrap
+from ldm.training.resume import NonFiniteLoss, resume, save_resume_point
+from ldm.training.schedule import resumed_schedule
 
 if TYPE_CHECKING:  # the config module imports pydantic; the loop only needs the types
     from ldm.config import AlignPhase, TokenizerConfig
+    from ldm.progress import Advance
     from ldm.tracker import Tracker
 
 LOG_EVERY = 10  # steps between logged loss points: enough for a curve, few enough for the store
 FEATURE_CACHE_BYTES = 2 * 1024**3  # cache foundation features when all of them fit in this
-
-
-class NonFiniteLoss(LdmError):
-    """Training diverged; the message names the last good checkpoint."""
 
 
 @dataclass
@@ -68,7 +66,7 @@ class Alignment:
 
     foundation: nn.Module
     projection: nn.Module
-    phases: list[AlignPhase]  # shares of the run's steps
+    phases: list[AlignPhase]  # shares of the steps the run was started with
     cos_margin: float
     distmat_margin: float
     cos_weight: float
@@ -76,7 +74,8 @@ class Alignment:
     adaptive_max: float
 
     def phase(self, step: int, total: int) -> AlignPhase:
-        """The phase `step` of a `total`-step run falls in."""
+        """The phase `step` falls in, the shares being of `total` steps (the run's first
+        length, so that an extended run keeps its boundaries); later steps are in the last."""
         end = 0.0
         for phase in self.phases:
             end += phase.share
@@ -137,15 +136,6 @@ class TrainRun:
     discriminator: nn.Module | None = None  # set by fit when tokenizer.disc_weight > 0
 
 
-def learning_rate(cfg: TokenizerConfig, step: int, total: int) -> float:
-    """Linear warm-up, then constant or cosine decay to 10 %."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    if cfg.lr_schedule == "constant":
-        return cfg.lr * warm
-    progress = max(0.0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
     """Originals in the top row, their reconstructions below: uint8 (2H, N·W, 3)."""
     top, bottom = to_uint8(originals), to_uint8(recons)  # (N, H, W, 3) each
@@ -169,43 +159,12 @@ def validation_check(
     return {"val/l1": (recon - images).abs().mean().item(), "val/psnr": psnr.item()}, recon
 
 
-def _resume(
-    run: TrainRun, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
-) -> int:
-    latest = checkpoint.latest_state(run.work_dir)
-    notice = run.notice if run.dist.is_main else lambda _: None
-    found = checkpoint.find_resume_point(
-        run.work_dir, run.identity, run.settings, run.steps, notice, may_move=False
-    )
-    barrier()  # every rank has read the folder before rank 0 may move it
-    if found is None:
-        if run.dist.is_main and latest is not None:
-            step = torch.load(latest / "state.pt", weights_only=True)["step"]
-            checkpoint.set_aside(run.work_dir, checkpoint.aside_name(run.work_dir, step))
-        return 0
-    folder, state = found
-    checkpoint.load_state(folder, modules)
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(state[f"optimizer_{name}"])
-    run.history["resumed_from_step"] = float(state["step"])
-    return int(state["step"])
-
-
-def _wrap(module: nn.Module, run: TrainRun, **kwargs: Any) -> nn.Module:
-    """`module` under DDP when there are several ranks (its gradients averaged over them)."""
-    if run.dist.world_size == 1:
-        return module
-    device = run.device
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, **kwargs)
-
-
 def _rank_slice(run: TrainRun) -> slice:
     share = run.cfg.batch_size // run.dist.world_size
     return slice(run.dist.rank * share, (run.dist.rank + 1) * share)
 
 
-def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dict[str, float]:
+def fit(run: TrainRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
     """Train `run.model` in place for `run.steps` steps (resuming if it can); return metrics."""
     cfg, device, model, align, dist = run.cfg, run.device, run.model, run.alignment, run.dist
     cuda = device.type == "cuda"
@@ -233,16 +192,25 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
         optimizers["d"] = torch.optim.AdamW(
             disc.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0
         )
-    start = _resume(run, modules, optimizers)
-    progress(start)
+    saved = {f"optimizer_{name}": optimizer for name, optimizer in optimizers.items()}
+    state = resume(
+        run.work_dir, run.identity, run.settings, run.steps, run.notice, dist, modules, saved
+    )
+    start = 0 if state is None else int(state["step"])
+    if state is not None:
+        run.history["resumed_from_step"] = float(start)
+    schedule = resumed_schedule(
+        cfg.lr, cfg.lr_schedule, cfg.warmup_steps, run.steps, state, "tokenizer.steps"
+    )
+    progress(start, already_done=True)
 
     # DDP broadcasts rank 0's weights here, and its buffers before every forward (the
     # discriminator's BatchNorm statistics follow rank 0's).
-    net = _wrap(model, run)
+    net = wrap(model, dist, device)
     forward = torch.compile(net) if cfg.compile and cuda else net
-    projection = _wrap(align.projection, run) if align is not None else None
+    projection = wrap(align.projection, dist, device) if align is not None else None
     if disc is not None:
-        disc_net = _wrap(disc, run)
+        disc_net = wrap(disc, dist, device)
     reduce = all_reduce_mean if dist.world_size > 1 else None
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -258,7 +226,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
     window, images_seen, clock = 0, 0, time.perf_counter()
     final_loss = float("nan")
     for step in range(start, run.steps):
-        lr = learning_rate(cfg, step, run.steps)
+        lr = schedule.rate(step)
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -278,7 +246,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
             loss = rec + cfg.kl_weight * kl
             logged = {"train/l1": l1, "train/perceptual": perceptual, "train/kl": kl}
             if align is not None:
-                phase = align.phase(step, run.steps)
+                phase = align.phase(step, schedule.first_horizon)
                 margins = (align.cos_margin, align.distmat_margin) if phase.use_margins else (0, 0)
                 target = features(x, keys)  # (S, C_f, h, w)
                 vf, _ = vf_loss(
@@ -304,11 +272,11 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
         # Every rank stops together: a NaN on one rank makes the mean NaN on all.
         global_loss = all_reduce_mean(loss.detach().float().clone())
         if not torch.isfinite(global_loss):
-            last = checkpoint.latest_state(run.work_dir)
-            raise NonFiniteLoss(
-                f"step {step}: the loss is {global_loss.item()}; training stopped. The "
-                f"last good checkpoint is {last or '(none yet)'}; lower "
-                "tokenizer.lr or raise warmup_steps, then run again to resume."
+            raise NonFiniteLoss.at(
+                step,
+                f"the loss is {global_loss.item()}",
+                run.work_dir,
+                "lower tokenizer.lr or raise warmup_steps",
             )
         optimizers["g"].zero_grad(set_to_none=True)
         loss.backward()
@@ -340,9 +308,15 @@ def fit(run: TrainRun, tracker: Tracker, progress: Callable[[int], None]) -> dic
         # The last step is saved too, so that raising the steps later extends this run.
         if done % cfg.checkpoint_every == 0 or done == run.steps:
             if dist.is_main:
-                states = {f"optimizer_{k}": o.state_dict() for k, o in optimizers.items()}
-                meta = checkpoint.resume_metadata(run.identity, run.settings)
-                checkpoint.save_state(run.work_dir, done, modules, {**states, **meta})
+                save_resume_point(
+                    run.work_dir,
+                    done,
+                    run.identity,
+                    run.settings,
+                    modules,
+                    saved,
+                    {"schedule": schedule.state()},
+                )
             barrier()  # a rank killed after this step resumes from the state just written
         progress(1, loss=final_loss)
     seconds = time.perf_counter() - clock
