@@ -19,8 +19,6 @@ from ldm.tokenizer.align import (
     VFProjection,
     adaptive_vf_weight,
     cka_from_covariance,
-    latent_feature_cka,
-    linear_cka,
     marginal_cosine_loss,
     marginal_distance_matrix_loss,
     vf_loss,
@@ -216,28 +214,28 @@ def test_effnet_lite0_loads_offline_onto_latent_grid(monkeypatch: pytest.MonkeyP
 # -- CKA ------------------------------------------------------------------------------------
 
 
-def test_linear_cka_properties() -> None:
+def rows_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA straight from its definition on the centred rows (N, D1) and (N, D2)."""
+    x, y = (v.double() - v.double().mean(0) for v in (x, y))
+    norm = torch.linalg.matrix_norm
+    return (norm(y.T @ x) ** 2 / (norm(x.T @ x) * norm(y.T @ y))).item()
+
+
+def joint_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of two row sets through their joint covariance, as evaluation computes it."""
+    return cka_from_covariance(torch.cov(torch.cat([x, y], dim=1).double().T), x.shape[1])
+
+
+def test_cka_properties() -> None:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(500, 6, generator=g)
-    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert joint_cka(x, x) == pytest.approx(1.0)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))  # orthogonal
     y = torch.randn(500, 4, generator=g) + x[:, :4]
-    assert linear_cka(x, 3.0 * y) == pytest.approx(linear_cka(x, y))
-    assert linear_cka(x @ q * 0.1, y) == pytest.approx(linear_cka(x, y))
+    assert joint_cka(x, 3.0 * y) == pytest.approx(joint_cka(x, y))
+    assert joint_cka(x @ q * 0.1, y) == pytest.approx(joint_cka(x, y))
     a, b = torch.randn(20000, 8, generator=g), torch.randn(20000, 8, generator=g)
-    assert linear_cka(a, b) < 0.01
-
-
-def test_latent_feature_cka_flattens_positions() -> None:
-    g = torch.Generator().manual_seed(3)
-    lat, feats = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 7, 3, 3, generator=g)
-    rows = linear_cka(
-        lat.permute(0, 2, 3, 1).reshape(-1, 4), feats.permute(0, 2, 3, 1).reshape(-1, 7)
-    )
-    assert latent_feature_cka(lat, feats) == pytest.approx(rows)
-    assert latent_feature_cka(lat, lat) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="grid"):
-        latent_feature_cka(lat, torch.randn(2, 7, 4, 4))
+    assert joint_cka(a, b) < 0.01
 
 
 def test_cka_from_the_joint_covariance_is_linear_cka_of_the_rows() -> None:
@@ -246,5 +244,5 @@ def test_cka_from_the_joint_covariance_is_linear_cka_of_the_rows() -> None:
     y = torch.cat([x @ torch.randn(3, 5, generator=g), torch.randn(400, 2, generator=g)], dim=1)
     joint = torch.cat([x, y], dim=1).double()
     cov = torch.cov(joint.T)  # (8, 8)
-    assert cka_from_covariance(cov, 3) == pytest.approx(linear_cka(x, y), rel=1e-9)
+    assert cka_from_covariance(cov, 3) == pytest.approx(rows_cka(x, y), rel=1e-9)
     assert cka_from_covariance(torch.zeros(8, 8), 3) == 0.0

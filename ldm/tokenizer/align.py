@@ -16,8 +16,6 @@ __all__ = [
     "VFProjection",
     "adaptive_vf_weight",
     "cka_from_covariance",
-    "latent_feature_cka",
-    "linear_cka",
     "marginal_cosine_loss",
     "marginal_distance_matrix_loss",
     "vf_loss",
@@ -96,21 +94,10 @@ def adaptive_vf_weight(
     return gradient_norm_ratio(rec_loss, vf_loss, encoder_last_layer_weight, max_value, reduce)
 
 
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of row sets x (N, D1) and y (N, D2): ‖YᵀX‖²_F / (‖XᵀX‖_F·‖YᵀY‖_F), centred."""
-    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"CKA needs (N, D1) and (N, D2), got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    # float64: the three norms are sums over N·D² products and lose digits in float32
-    rows = torch.cat([x.detach(), y.detach()], dim=1).double()  # (N, D1 + D2)
-    rows = rows - rows.mean(0, keepdim=True)
-    return cka_from_covariance(rows.T @ rows, x.shape[1])  # the scale cancels in the ratio
-
-
 def cka_from_covariance(cov: torch.Tensor, dim_x: int) -> float:
-    """Linear CKA from the joint covariance (D1 + D2, D1 + D2) of rows [x, y], x the first
-    `dim_x` columns: what `linear_cka` gives for the rows, without holding them."""
+    """Linear CKA of row sets x (N, D1) and y (N, D2), ‖YᵀX‖²_F / (‖XᵀX‖_F·‖YᵀY‖_F) of the
+    centred rows, from their joint covariance (D1 + D2, D1 + D2), x the first `dim_x` columns:
+    the rows themselves need never be held at once."""
     cov = torch.as_tensor(cov, dtype=torch.float64)
     cross = torch.linalg.matrix_norm(cov[dim_x:, :dim_x]) ** 2  # ‖YᵀX‖²_F up to (N - 1)²
     denom = torch.linalg.matrix_norm(cov[:dim_x, :dim_x]) * torch.linalg.matrix_norm(
@@ -119,19 +106,3 @@ def cka_from_covariance(cov: torch.Tensor, dim_x: int) -> float:
     if denom == 0:
         return 0.0  # a constant side shares no variance with anything
     return (cross / denom).item()
-
-
-def latent_feature_cka(latents: torch.Tensor, features: torch.Tensor) -> float:
-    """Linear CKA between latents (B, d, h, w) and features (B, C, h, w); rows are positions."""
-    if (
-        latents.ndim != 4
-        or features.ndim != 4
-        or (latents.shape[0], *latents.shape[2:]) != (features.shape[0], *features.shape[2:])
-    ):
-        raise ValueError(
-            f"latents {tuple(latents.shape)} and features {tuple(features.shape)} "
-            "must share batch and grid"
-        )
-    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # (B·h·w, d)
-    y = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # (B·h·w, C)
-    return linear_cka(x, y)

@@ -13,7 +13,6 @@ leaves behind, the newest complete folder is the one that is found.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,11 +30,6 @@ from ldm.errors import LdmError
 from ldm.nested import flatten
 
 STEP_PREFIX = "step-"
-
-
-def fingerprint(payload: dict[str, Any]) -> str:
-    """A stable hash of JSON-able settings."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _write_folder(target: Path, files: dict[str, Any]) -> None:
