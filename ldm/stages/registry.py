@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,9 +22,6 @@ class Stage:
     # then loads only what its own stage needs (validate never imports torch).
     module: str
     name: str
-    # The params it reads that change what it writes: its DVC params (a test keeps them equal)
-    # and, by section, the params logged with its run. `variants.${key}` is the variant's entry.
-    params: tuple[str, ...]
     per_variant: bool = False  # one run per tokenizer variant in `variants`: name@variant
     # data/metrics/<name>.json for `dvc metrics show`; report reads that folder whole, so its
     # numbers stay in its own output (data/reports/summary.json) and MLflow.
@@ -35,79 +33,18 @@ class Stage:
 
         return getattr(importlib.import_module(self.module), self.name)
 
-    @property
-    def sections(self) -> list[str]:
-        return [s for s in dict.fromkeys(k.split(".")[0] for k in self.params) if s != "variants"]
-
 
 # The pipeline's stages in DAG order. dvc.yaml and the Prefect flow use the same names
 # (tests/test_wiring.py checks it); per-variant stages are DVC `foreach` stages.
 STAGES: dict[str, Stage] = {
-    "validate": Stage("ldm.stages.validate", "validate", ("data.raw_dir", "validate")),
-    "prepare": Stage(
-        "ldm.stages.prepare",
-        "prepare",
-        ("data.raw_dir", "data.resolution", "data.val_fraction", "prepare"),
-    ),
-    "reference": Stage(
-        "ldm.stages.reference",
-        "reference",
-        (
-            "evaluate.features",
-            "evaluate.features_weights",
-            "evaluate.features_sha256",
-            "evaluate.num_samples",
-            "evaluate.seed",
-            "evaluate.batch_size",
-            "diffusion.device",
-        ),
-    ),
-    "train_tokenizer": Stage(
-        "ldm.stages.train_tokenizer",
-        "train_tokenizer",
-        (
-            "variants.${key}",
-            "data.resolution",
-            "tokenizer",
-            "align",
-            "evaluate.features",
-            "evaluate.features_weights",
-            "evaluate.features_sha256",
-            "evaluate.batch_size",
-        ),
-        per_variant=True,
-    ),
-    "encode": Stage(
-        "ldm.stages.encode",
-        "encode",
-        ("tokenizer.device", "evaluate.batch_size", "prepare.shard_size"),
-        per_variant=True,
-    ),
-    "train_diffusion": Stage(
-        "ldm.stages.train_diffusion",
-        "train_diffusion",
-        (
-            "diffusion",
-            "sample",
-            "evaluate.features",  # the convergence curve's FD
-            "evaluate.features_weights",
-            "evaluate.features_sha256",
-            "evaluate.batch_size",
-        ),
-        per_variant=True,
-    ),
-    "evaluate": Stage(
-        "ldm.stages.evaluate",
-        "evaluate",
-        ("evaluate", "sample", "diffusion.device"),
-        per_variant=True,
-    ),
-    "report": Stage(
-        "ldm.stages.report",
-        "report",
-        ("report", "promotion", "registry", "sample", "tracking.experiment"),
-        writes_metrics_file=False,
-    ),
+    "validate": Stage("ldm.stages.validate", "validate"),
+    "prepare": Stage("ldm.stages.prepare", "prepare"),
+    "reference": Stage("ldm.stages.reference", "reference"),
+    "train_tokenizer": Stage("ldm.stages.train_tokenizer", "train_tokenizer", per_variant=True),
+    "encode": Stage("ldm.stages.encode", "encode", per_variant=True),
+    "train_diffusion": Stage("ldm.stages.train_diffusion", "train_diffusion", per_variant=True),
+    "evaluate": Stage("ldm.stages.evaluate", "evaluate", per_variant=True),
+    "report": Stage("ldm.stages.report", "report", writes_metrics_file=False),
 }
 
 
@@ -117,3 +54,19 @@ def stage_names(cfg: Config) -> list[str]:
     for name, stage in STAGES.items():
         names += [f"{name}@{v}" for v in cfg.variants] if stage.per_variant else [name]
     return names
+
+
+def declared_params(root: Path, stage: str) -> list[str] | None:
+    """The params keys `stage` reads, as the project's dvc.yaml lists them (the one list:
+    tests/test_stage_deps.py watches each stage read them); `variants.${key}` is a per-variant
+    stage's own entry. None where the project has no dvc.yaml or the file has no such stage."""
+    import yaml
+
+    file = root / "dvc.yaml"
+    if not file.is_file():
+        return None
+    spec = (yaml.safe_load(file.read_text()) or {}).get("stages", {}).get(stage)
+    if spec is None:
+        return None
+    spec = spec.get("do", spec)  # a per-variant (`foreach`) stage's body
+    return [entry for entry in spec.get("params", []) if isinstance(entry, str)]

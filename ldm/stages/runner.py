@@ -1,14 +1,16 @@
 """How every stage runs: files in, files out. The CLI, DVC and Prefect only call `run`.
 
 `run(stage, cfg, paths)` wraps every stage the same way: an MLflow run named after the stage
-(nested under the trial's run inside `ldm run`), the stage's params sections, its cost, its
-metrics (also written to `data/metrics/<stage>.json` for `dvc metrics show`) and its artifacts.
+(nested under the trial's run inside `ldm run`), the params sections its dvc.yaml names, its
+cost, its metrics (also written to `data/metrics/<stage>.json` for `dvc metrics show`) and its
+artifacts.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 from ldm.config import Config
 from ldm.cost import CostMeter, device_of_this_process
@@ -16,7 +18,7 @@ from ldm.errors import DataError, LdmError
 from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.stages import launch
-from ldm.stages.registry import STAGES, Stage
+from ldm.stages.registry import STAGES, Stage, declared_params
 from ldm.stages.result import StageResult
 from ldm.tracker import NullTracker
 
@@ -89,11 +91,7 @@ def _run_recorded(
     from ldm import tracking
 
     with tracking.stage_run(paths.root, cfg.tracking.experiment, name) as tracker:
-        params = {section: cfg.section(section) for section in spec.sections}
-        if spec.per_variant:
-            (variant,) = args
-            params["variant"] = {"name": variant} | cfg.section("variants")[variant]
-        tracker.log_params(params)
+        tracker.log_params(logged_params(name, spec, args, cfg, paths))
         with CostMeter(cfg.cost) as meter:
             if processes > 1 and not launch.under_torchrun():
                 result, devices = launch.relaunch(command, processes, tracker.run_id)
@@ -119,3 +117,20 @@ def _run_recorded(
                 f"{paths.data}."
             )
     return StageResult(metrics, result.artifacts)
+
+
+def logged_params(name: str, spec: Stage, args: tuple, cfg: Config, paths: Paths) -> dict[str, Any]:
+    """The params logged with run `name` (`encode@plain`): each section its stage's dvc.yaml
+    params name, whole, and a per-variant stage's own variant. Without a dvc.yaml, every
+    section."""
+    declared = declared_params(paths.root, name.partition("@")[0])
+    if declared is None:
+        sections = [section for section in cfg.to_dict() if section != "variants"]
+    else:
+        own_variant = "variants.${key}"  # logged below, under `variant`
+        sections = [e.split(".")[0] for e in declared if e != own_variant]
+    params = {section: cfg.section(section) for section in dict.fromkeys(sections)}
+    if spec.per_variant:
+        (variant,) = args
+        params["variant"] = {"name": variant} | cfg.section("variants")[variant]
+    return params
