@@ -45,6 +45,11 @@ SPEED_ONLY = {
     "any number of them writes the same files",
 }
 
+# Not watched: what the runner around every stage reads (ldm/stages/runner.py), none of it a
+# stage's dep. `tracking.experiment` picks the MLflow experiment; `*.world_size` how many
+# processes run it; `cost` prices the stage's hours into its metrics' `cost/usd` as it ends, a
+# record of what that run cost: the report, which answers with prices, declares `cost`.
+
 # Declared keys that the tiny trial (on a CPU) never reaches, and where they are read.
 OTHER_BRANCH = {
     ("report", "cost.gpu_hour_usd"): "prices the projection of a convergence curve that counts "
