@@ -2,6 +2,8 @@
 
     python bench/dit_throughput.py                       # S/2, 16×16×4 latents, batch 8, CPU fp32
     python bench/dit_throughput.py --size XL/1 --latent-channels 32 --batch 64 --device cuda --bf16
+    python bench/dit_throughput.py --smoke    # T/2 on 4x4x4 latents, batch 2, 2 steps, CPU fp32:
+                                              # the wiring in seconds (the test suite runs it)
 
 One training step = forward + MSE loss + backward + AdamW step. Three models run side by side,
 interleaved step by step, `--steps` steps each; each row reports the median step:
@@ -81,9 +83,11 @@ def step_flops(model: nn.Module, batch: int) -> float:
     return batch * (6 * (tokens * w_token + w_sample) + attention)
 
 
-def matmul_flops_per_s(device: str, dtype: torch.dtype, sync: Callable[[], None]) -> float:
-    """Median FLOP/s of a large square torch.mm in the run's dtype."""
-    n = 8192 if device.startswith("cuda") else 2048
+def matmul_flops_per_s(
+    device: str, dtype: torch.dtype, sync: Callable[[], None], n: int | None = None
+) -> float:
+    """Median FLOP/s of a large square (n x n) torch.mm in the run's dtype."""
+    n = n or (8192 if device.startswith("cuda") else 2048)
     a, b = (
         torch.randn(n, n, device=device, dtype=dtype),
         torch.randn(n, n, device=device, dtype=dtype),
@@ -164,7 +168,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (and bf16 matmul peak)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.size, args.latent_size, args.latent_channels = "T/2", 4, 4
+        args.batch, args.steps, args.device, args.bf16, args.compile = 2, 2, "cpu", False, False
     torch.manual_seed(0)
 
     def sync() -> None:
@@ -197,7 +205,7 @@ def main() -> None:
         for runner in runners:
             runner.timed(sync)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    peak = matmul_flops_per_s(args.device, dtype, sync)
+    peak = matmul_flops_per_s(args.device, dtype, sync, 256 if args.smoke else None)
 
     threads = f", {torch.get_num_threads()} threads" if args.device == "cpu" else ""
     print(
@@ -216,6 +224,8 @@ def main() -> None:
     for runner, count in zip(runners, params, strict=True):
         print(f"{runner.row(peak, baseline)}   {count:.1f} M")
     print(f"ours / diffusers: {statistics.median(runners[0].rates) / baseline:.2f}")
+    if args.smoke:
+        print("smoke run: toy sizes on the CPU; bf16, compile and the CUDA memory counter skipped")
 
 
 if __name__ == "__main__":

