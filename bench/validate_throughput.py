@@ -1,6 +1,8 @@
 """Throughput of `ldm validate`'s scan against a plain single-process Pillow decode loop.
 
     python bench/validate_throughput.py --images 600 --size 256 --workers 0
+    python bench/validate_throughput.py --smoke   # 8 images of 64 px, 2 workers, one repeat:
+                                                  # the wiring in seconds (the test suite runs it)
 
 The scan does more per file than the baseline: it hashes the bytes (sha256), decodes through the
 shared `open_image` + `to_rgb` path, applies the policy and marks duplicates. The ratio shows what
@@ -22,7 +24,7 @@ from PIL import Image
 from ldm.config import ValidateConfig
 from ldm.data.validate import scan
 
-REPEATS = 3
+REPEATS = 3  # timed runs of each loop; the median is reported
 
 
 def write_images(folder: Path, n: int, size: int) -> list[Path]:
@@ -46,10 +48,10 @@ def baseline(paths: list[Path]) -> None:
             im.convert("RGB").load()
 
 
-def median_seconds(fn, *args):
-    """(median wall time over REPEATS runs, the last run's return value)."""
+def median_seconds(fn, *args, repeats: int = REPEATS):
+    """(median wall time over `repeats` runs, the last run's return value)."""
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         out = fn(*args)
         times.append(time.perf_counter() - start)
@@ -61,7 +63,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU core (default)")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes, in seconds")
     args = parser.parse_args()
+    repeats = 1 if args.smoke else REPEATS
+    if args.smoke:
+        args.images, args.size, args.workers = 8, 64, 2
     workers = args.workers or os.cpu_count() or 1
     cfg = ValidateConfig(
         min_side=32, max_pixels=50_000_000, min_images=1,
@@ -71,10 +77,10 @@ def main() -> None:
         root = Path(tmp)
         paths = write_images(root, args.images, args.size)
         mb = sum(p.stat().st_size for p in paths) / 1e6
-        print(f"{args.images} JPEGs {args.size}x{args.size} ({mb:.1f} MB), median of {REPEATS}")
-        t_base, _ = median_seconds(baseline, paths)
-        t_one, _ = median_seconds(scan, root, cfg, 1)
-        t_scan, files = median_seconds(scan, root, cfg, workers)
+        print(f"{args.images} JPEGs {args.size}x{args.size} ({mb:.1f} MB), median of {repeats}")
+        t_base, _ = median_seconds(baseline, paths, repeats=repeats)
+        t_one, _ = median_seconds(scan, root, cfg, 1, repeats=repeats)
+        t_scan, files = median_seconds(scan, root, cfg, workers, repeats=repeats)
         n_ok = files["status"].eq("accepted").sum()
     base_rate, scan_rate = args.images / t_base, args.images / t_scan
     print(f"baseline  Image.open().convert('RGB'), 1 process: {base_rate:8.1f} images/s")
