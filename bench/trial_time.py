@@ -9,8 +9,14 @@ timed before and after the trial (training steps of the default tokenizer and Di
 fast this machine was meanwhile, since a shared machine's speed drifts from day to day.
 
     .venv/bin/python bench/trial_time.py [--keep DIR] [--set section.key=value ...]
+    .venv/bin/python bench/trial_time.py --smoke     # a toy trial: the wiring, not the timing
 
 Wall times are absolute seconds on this machine: run it with nothing else on the cores.
+
+`--smoke` runs all of the above on a toy trial (SMOKE: one variant, 16 px, two steps of each
+model, a one-step probe). It still runs every stage of the pipeline in its own process through
+Prefect and DVC, twice the trial with the re-run, so it takes minutes on 2 busy cores, not
+seconds: what it checks is that the script works end to end, not how long a trial takes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,29 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The toy trial of --smoke (on top of the project's params.yaml; its first variant alone).
+SMOKE = {
+    "data.resolution": 16,
+    "data.workers": 1,
+    "tokenizer.steps": 2,
+    "tokenizer.batch_size": 8,
+    "tokenizer.warmup_steps": 1,
+    "tokenizer.eval_every": 2,
+    "tokenizer.checkpoint_every": 2,
+    "tokenizer.grid_images": 4,
+    "evaluate.batch_size": 32,
+    "evaluate.num_samples": 16,
+    "evaluate.nearest_k": 3,
+    "diffusion.steps": 2,
+    "diffusion.batch_size": 8,
+    "diffusion.micro_batch_size": 8,
+    "diffusion.warmup_steps": 1,
+    "diffusion.checkpoint_every": 2,
+    "diffusion.sample_every": 2,
+    "diffusion.curve_samples": 8,
+    "sample.steps": 2,
+    "sample.batch_size": 16,
+}
 
 
 def fresh_copy(target: Path) -> None:
@@ -46,6 +75,8 @@ def fresh_copy(target: Path) -> None:
 def timed_run(project: Path, args: list[str]) -> tuple[float, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("PREFECT_API_URL", None)  # the project's own local Prefect server, as a user has
+    # Prefect gives its local server 20 s to start by default, which a loaded machine can miss.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "ldm", "run", *args],
@@ -61,9 +92,10 @@ def timed_run(project: Path, args: list[str]) -> tuple[float, str]:
 
 
 # A fixed slice of the default trial's compute: 10 steps of the f4d8 tokenizer at batch 32 and
-# 30 of the T/2 DiT at batch 128, forward, backward and update, in a fresh process.
+# 30 of the T/2 DiT at batch 128, forward, backward and update, in a fresh process (argv: the
+# step counts).
 PROBE = """
-import time, torch
+import sys, time, torch
 from ldm.diffusion.model import create_model
 from ldm.tokenizer.model import Tokenizer, arch_from_preset
 torch.manual_seed(0)
@@ -74,18 +106,19 @@ def steps(model, n, loss):
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     for _ in range(n):
         opt.zero_grad(); loss().backward(); opt.step()
-steps(tok, 2, lambda: tok(x)[0].sub(x).abs().mean())
+steps(tok, min(2, int(sys.argv[1])), lambda: tok(x)[0].sub(x).abs().mean())  # warm-up
 started = time.perf_counter()
-steps(tok, 10, lambda: tok(x)[0].sub(x).abs().mean())
-steps(dit, 30, lambda: dit(z, t, y).square().mean())
+steps(tok, int(sys.argv[1]), lambda: tok(x)[0].sub(x).abs().mean())
+steps(dit, int(sys.argv[2]), lambda: dit(z, t, y).square().mean())
 print(time.perf_counter() - started)
 """
+PROBE_STEPS = (10, 30)
 
 
-def probe_seconds() -> float:
-    """Seconds of the fixed workload on this machine now."""
+def probe_seconds(steps: tuple[int, int] = PROBE_STEPS) -> float:
+    """Seconds of the fixed workload (`steps` of the tokenizer and of the DiT) here now."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, *map(str, steps)], capture_output=True, text=True, check=True
     )
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -108,17 +141,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--smoke", action="store_true", help="a toy trial: the wiring only")
     args = parser.parse_args()
+    probe = (1, 1) if args.smoke else PROBE_STEPS
     folder = args.keep or Path(tempfile.mkdtemp(prefix="ldm-trial-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
         fresh_copy(folder)
-        probe_before = probe_seconds()
-        extra = [a for o in args.overrides for a in ("--set", o)]
+        overrides = smoke_overrides(folder) if args.smoke else []
+        overrides += args.overrides
+        probe_before = probe_seconds(probe)
+        extra = [a for o in overrides for a in ("--set", o)]
         total, _ = timed_run(folder, extra)
         own = stage_seconds(folder)
         rerun, rerun_output = timed_run(folder, [])
-        probe_after = probe_seconds()
+        probe_after = probe_seconds(probe)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -133,6 +170,18 @@ def main() -> None:
     print(f"machine probe (fixed workload), s: {probe_before:.1f} before, {probe_after:.1f} after")
     if "Nothing changed" not in rerun_output:
         print("note: the re-run ran stages:\n" + rerun_output)
+    if args.smoke:
+        print(f"smoke run: a toy trial ({len(SMOKE)} settings of SMOKE), not the default one")
+
+
+def smoke_overrides(project: Path) -> list[str]:
+    """SMOKE as --set values, with the project's first variant alone."""
+    import yaml
+
+    variants = yaml.safe_load((project / "params.yaml").read_text())["variants"]
+    first = next(iter(variants))
+    values = {"variants": {first: variants[first]}} | SMOKE
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
 if __name__ == "__main__":
