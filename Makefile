@@ -21,8 +21,17 @@ run: $(STAMP)  ## the whole trial (uses the bundled sample when data/raw is empt
 test: $(STAMP)  ## the test suite, CPU only
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)  ## benchmarks (not part of the tests)
+# The CPU benchmarks that take a few minutes together. Not run here: bench/memory.py (peak RSS,
+# 20+ minutes), bench/trial_time.py (the default trial, twice) and bench/gpu_check.sh (a GPU
+# host). Every script has --smoke, which tests/test_bench.py runs.
+bench: $(STAMP)  ## the quick CPU benchmarks, one after the other (not part of the tests)
+	@echo "== bench/validate_throughput.py: the validate scan against a plain decode loop"
 	$(BIN)/python bench/validate_throughput.py
+	@echo "== bench/dit_throughput.py: LightningDiT training steps against diffusers' DiT"
+	$(BIN)/python bench/dit_throughput.py
+	@echo "== bench/tokenizer_throughput.py: tokenizer encode+decode against diffusers' AutoencoderKL"
+	$(BIN)/python bench/tokenizer_throughput.py
+	@echo "== not run here: bench/memory.py, bench/trial_time.py, bench/gpu_check.sh (see each)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check ldm flows tests bench
