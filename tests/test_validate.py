@@ -141,7 +141,7 @@ def test_every_file_gets_its_verdict_in_process(mixed, tmp_path, monkeypatch):
 
     manifest, rejected = write_tables(files, tmp_path / "validated")
     kept, dropped = pl.read_parquet(manifest), pl.read_csv(rejected, infer_schema=False)
-    assert kept.columns == dropped.columns == files.columns
+    assert kept.columns == dropped.columns == files.columns == list(inspect.new_row("a.png"))
     listed = kept["path"].to_list() + dropped["path"].to_list()
     assert sorted(listed) == sorted(expected) and len(set(listed)) == len(listed)
     assert sorted(os.listdir(tmp_path / "validated")) == ["manifest.parquet", "rejected.csv"]

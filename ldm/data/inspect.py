@@ -33,22 +33,6 @@ REASON_CODES = (
     "duplicate",
 )
 
-# Column order of a row; `validate.SCHEMA` gives each its polars dtype.
-COLUMNS = (
-    "path",
-    "class",
-    "format",
-    "width",
-    "height",
-    "mode",
-    "channels",
-    "bytes",
-    "sha256",
-    "status",
-    "reason_code",
-    "reason",
-)
-
 
 def read_bytes(path: Path) -> bytes:
     """The whole file, opened read-only (a separate function so tests can simulate I/O errors)."""
@@ -109,7 +93,7 @@ def _describe(row: dict[str, Any], data: bytes) -> None:
 
 
 def inspect_file(root: str, rel_path: str, min_side: int, max_pixels: int) -> dict[str, Any]:
-    """Examine one file under `root` and return its manifest row (see COLUMNS); never raises."""
+    """Examine one file under `root` and return its manifest row (see `new_row`); never raises."""
     row = new_row(rel_path)
     path = Path(root) / rel_path
     if path.is_symlink():
