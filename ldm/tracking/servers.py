@@ -57,39 +57,18 @@ def server_env(root: Path) -> dict[str, str]:
 
 
 def ui_command(root: Path, port: int) -> list[str]:
+    artifacts = (root.resolve() / "mlartifacts").as_uri()
     return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        tracking_uri(root),
-        "--artifacts-destination",
-        (root.resolve() / "mlartifacts").as_uri(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
+        *(sys.executable, "-m", "mlflow", "ui"),
+        *("--backend-store-uri", tracking_uri(root), "--artifacts-destination", artifacts),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
     ]
 
 
 def serve_command(model_uri: str, port: int) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
+        *(sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri),
+        *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
     ]
 
 
