@@ -89,10 +89,11 @@ def list_models(params: ParamsOption = None, overrides: SetOption = None) -> Non
     from rich.console import Console
     from rich.table import Table
 
-    from ldm.tracking.registry import aliases_by_version, all_versions, registry_client
+    from ldm.tracking.registry import aliases_by_version, all_versions
+    from ldm.tracking.runs import store_client
 
     name = cfg.registry.model_name
-    client = registry_client(paths.root)
+    client = store_client(paths.root)
     versions = all_versions(client, name)
     if not versions:
         typer.echo(f"no versions of {name} yet: the `report` stage of `ldm run` registers them")
@@ -142,12 +143,13 @@ def serve(
 
     paths = Paths.discover()
     cfg = load_config(paths, params, overrides)
-    from ldm.tracking.registry import registry_client, resolve_alias
+    from ldm.tracking.registry import resolve_alias
+    from ldm.tracking.runs import store_client
     from ldm.tracking.servers import serve_command, server_env
 
     name = cfg.registry.model_name
     try:
-        found = resolve_alias(registry_client(paths.root), name, alias)
+        found = resolve_alias(store_client(paths.root), name, alias)
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
     uri = f"models:/{name}@{alias}"

@@ -26,13 +26,8 @@ from typing import TYPE_CHECKING
 from ldm.config import Gates
 from ldm.errors import LdmError
 from ldm.report.gates import check_gates
-from ldm.tracking.registry import (
-    GATE_VALUES_TAG,
-    INTRO,
-    get_version,
-    registry_client,
-    resolve_alias,
-)
+from ldm.tracking.registry import GATE_VALUES_TAG, INTRO, get_version, resolve_alias
+from ldm.tracking.runs import store_client
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -87,7 +82,7 @@ def now() -> str:
 
 def set_candidate(root: Path, model_name: str, version: str, reason: str) -> Move:
     """Give `candidate` to the version the report recommends (no gates: a proposal)."""
-    client = registry_client(root)
+    client = store_client(root)
     get_version(client, model_name, version)
     holder = _holder(client, model_name, CANDIDATE)
     if holder == version:
@@ -130,7 +125,7 @@ def promote(
         raise LdmError(f"unknown stage {stage!r}; promote to one of {', '.join(STAGES)}")
     if force and not (reason and reason.strip()):
         raise LdmError("--force needs --reason TEXT: an override is recorded with its reason")
-    client = registry_client(root)
+    client = store_client(root)
     found = get_version(client, model_name, version)
     holder = _holder(client, model_name, stage)
     lines, failures = check_promotion(found, stage, gates)
@@ -166,7 +161,7 @@ def rollback(root: Path, model_name: str, stage: str, reason: str | None) -> Mov
     so a second rollback undoes the first."""
     if stage not in STAGES:
         raise LdmError(f"unknown stage {stage!r}; roll back one of {', '.join(STAGES)}")
-    client = registry_client(root)
+    client = store_client(root)
     try:
         back = str(resolve_alias(client, model_name, previous_alias(stage)).version)
     except LdmError:

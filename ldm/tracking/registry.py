@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from ldm.config import SampleConfig
 from ldm.errors import LdmError
 from ldm.records import EvaluateRecord
 from ldm.report.gates import gate_values
-from ldm.tracking.runs import tracking_uri
+from ldm.tracking.runs import store_client, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -46,14 +45,6 @@ class Provenance:
 class Registration:
     version: str
     created: bool  # False: these weights and sampler settings were registered before
-
-
-def registry_client(root: Path) -> MlflowClient:
-    """A client on the project's store; the registry lives in the same database."""
-    from mlflow import MlflowClient
-
-    uri = tracking_uri(root)
-    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI", uri))
 
 
 def file_sha256(path: Path) -> str:
@@ -133,7 +124,7 @@ def register_generator(
                     f"{folder / name} not found: the release of {folder.name} is missing"
                 )
     _check_pair(tokenizer, diffusion)
-    client = registry_client(root)
+    client = store_client(root)
     identity = generator_identity(tokenizer, diffusion, sampler)
     metrics = metric_tags(record)
     existing = find_version(client, model_name, identity[IDENTITY_TAG])
@@ -282,7 +273,7 @@ def load_registered(root: Path, uri: str):  # noqa: ANN201  (an mlflow PyFuncMod
 
     from ldm.tracking.pyfunc import load_generator
 
-    client = registry_client(root)
+    client = store_client(root)
     name, alias, number = parse_model_uri(uri)
     found = resolve_alias(client, name, alias) if alias else get_version(client, name, number)
     location = client.get_model_version_download_uri(name, found.version)

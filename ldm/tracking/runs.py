@@ -71,18 +71,25 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
 
 
-def _client_and_experiment(root: Path, name: str) -> tuple[MlflowClient, str]:
-    """A client on the project's store and the experiment's id (created on first use)."""
+def store_client(root: Path) -> MlflowClient:
+    """A client on the project's store; the registry lives in the same database."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(root)
-    client = MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI", uri))
+
+
+def _client_and_experiment(root: Path, name: str) -> tuple[MlflowClient, str]:
+    """A client on the project's store and the experiment's id (created on first use)."""
+    from mlflow.exceptions import MlflowException
+
+    client = store_client(root)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return client, found.experiment_id
     # MLflow's default artifact root is relative to the current directory; pin it to the project.
-    location = (root.resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    sqlite = tracking_uri(root).startswith("sqlite:")
+    location = (root.resolve() / "mlartifacts").as_uri() if sqlite else None
     try:
         # The kind tag opens the MLflow UI in its model-training view, not the GenAI one.
         tags = {"mlflow.experimentKind": "custom_model_development"}
@@ -153,9 +160,7 @@ def stage_run(root: Path, experiment: str, stage: str) -> Iterator[MlflowTracker
 
 def attach(root: Path, run_id: str) -> MlflowTracker:
     """A tracker on a run another process opened (rank 0 of a DDP stage, into its launcher's)."""
-    from mlflow import MlflowClient
-
-    return MlflowTracker(MlflowClient(tracking_uri=tracking_uri(root)), run_id)
+    return MlflowTracker(store_client(root), run_id)
 
 
 @contextmanager
@@ -210,13 +215,12 @@ def close_abandoned_runs(root: Path, experiment: str) -> list[str]:
 def require_run(root: Path, run_id: str) -> None:
     """Fail unless this process's store holds `run_id`: a stage on another host must log into
     its trial's store, not one of its own."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     check_store(root)
     uri = tracking_uri(root)
     try:
-        MlflowClient(tracking_uri=uri).get_run(run_id)
+        store_client(root).get_run(run_id)
     except MlflowException:
         raise LdmError(
             f"the MLflow store {uri} holds no run {run_id}, the trial's: set MLFLOW_TRACKING_URI "
@@ -226,30 +230,22 @@ def require_run(root: Path, run_id: str) -> None:
 
 def log_text(root: Path, run_id: str, text: str, artifact_file: str) -> None:
     """A text file among a run's artifacts."""
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=tracking_uri(root)).log_text(run_id, text, artifact_file)
+    store_client(root).log_text(run_id, text, artifact_file)
 
 
 def read_text(root: Path, run_id: str, artifact_file: str) -> str:
     """A text file from a run's artifacts (written by `log_text`, maybe on another host)."""
     import tempfile
 
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(root))
+    client = store_client(root)
     with tempfile.TemporaryDirectory() as scratch:
         return Path(client.download_artifacts(run_id, artifact_file, scratch)).read_text()
 
 
 def parent_tracker(root: Path) -> MlflowTracker | None:
     """The trial's run when this process runs inside `ldm run` (LDM_PARENT_RUN_ID), else None."""
-    from mlflow import MlflowClient
-
     parent = os.environ.get(PARENT_RUN_ENV)
-    if not parent:
-        return None
-    return MlflowTracker(MlflowClient(tracking_uri=tracking_uri(root)), parent)
+    return MlflowTracker(store_client(root), parent) if parent else None
 
 
 def check_store(root: Path, timeout_s: float = 5.0) -> None:
