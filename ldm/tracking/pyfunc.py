@@ -28,7 +28,14 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from ldm.config import SampleConfig
 
 MODEL_CODE = Path(__file__).with_name("generator_model.py")
-OUTPUT_COLUMNS = ["class_id", "class_name", "seed", "index", "png"]
+# One row out per image: column -> MLflow type.
+OUTPUT_COLUMNS = {
+    "class_id": "long",
+    "class_name": "string",
+    "seed": "long",
+    "index": "long",
+    "png": "string",
+}
 # What the bundled code imports at load time; pinned to the versions that saved the model.
 REQUIREMENTS = ("mlflow", "torch", "numpy", "safetensors", "pydantic", "pyyaml", "pillow", "pandas")
 
@@ -53,6 +60,7 @@ class ImageGenerator(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
+        import torch
         from PIL import Image
 
         from ldm.generate import draw
@@ -63,7 +71,7 @@ class ImageGenerator(mlflow.pyfunc.PythonModel):
             class_id, n, settings = self._read(request, names)
             labels = None
             if len(self.class_map) > 1:  # a single-class model is trained unconditionally
-                labels = self._full(n, class_id)
+                labels = torch.full((n,), class_id, dtype=torch.long)
             images = draw(
                 self.model, self.tokenizer, self.model_config, n, labels, settings, self.device
             )
@@ -72,7 +80,7 @@ class ImageGenerator(mlflow.pyfunc.PythonModel):
                 Image.fromarray(image).save(buffer, format="PNG")
                 png = base64.b64encode(buffer.getvalue()).decode("ascii")
                 rows.append([class_id, names[class_id], settings.seed, index, png])
-        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
     def _read(
         self, request: dict[str, Any], names: dict[int, str]
@@ -104,12 +112,6 @@ class ImageGenerator(mlflow.pyfunc.PythonModel):
             raise bad_request(problems) from None
         return class_id, n, settings
 
-    @staticmethod
-    def _full(n: int, class_id: int) -> Any:
-        import torch
-
-        return torch.full((n,), class_id, dtype=torch.long)
-
 
 def bad_request(message: str) -> MlflowException:
     """An error the scoring server answers with HTTP 400 and this message."""
@@ -130,15 +132,7 @@ def signature() -> Any:
             ColSpec("double", "steps", required=False),
         ]
     )
-    outputs = Schema(
-        [
-            ColSpec("long", "class_id"),
-            ColSpec("string", "class_name"),
-            ColSpec("long", "seed"),
-            ColSpec("long", "index"),
-            ColSpec("string", "png"),
-        ]
-    )
+    outputs = Schema([ColSpec(kind, name) for name, kind in OUTPUT_COLUMNS.items()])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
