@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ldm.records import ConvergenceCurve
 from ldm.report.summary import Projection, fmt, usd
-
-if TYPE_CHECKING:
-    import numpy as np
 
 MIN_POINTS = 3  # two parameters and at least one degree of freedom for their uncertainty
 INTERVAL = 0.8  # central share of the draws shown as the interval
@@ -45,19 +41,12 @@ class PowerLawFit:
     def b_stderr(self) -> float:
         return math.sqrt(max(self.cov[1][1], 0.0))
 
-    def fd(self, compute: np.ndarray) -> np.ndarray:
-        return self.floor + self.a * compute ** (-self.b)
-
     def compute_to_reach(self, target: float) -> float:
         """c at which FD(c) = target; inf when the curve never gets there."""
-        return _compute_to_reach(self.log_a, self.b, math.log(target - self.floor))
-
-
-def _compute_to_reach(log_a: float, b: float, log_gap: float) -> float:
-    if b <= 0:
-        return math.inf
-    exponent = (log_a - log_gap) / b
-    return math.exp(exponent) if exponent < 700 else math.inf
+        if self.b <= 0:
+            return math.inf
+        exponent = (self.log_a - math.log(target - self.floor)) / self.b
+        return math.exp(exponent) if exponent < 700 else math.inf
 
 
 def fit_power_law(compute: list[float], fd: list[float], floor: float) -> PowerLawFit | None:

@@ -6,6 +6,8 @@ the recommended variant is one promotion accepts.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from ldm.config import GatesConfig
 from ldm.errors import LdmError
 from ldm.records import ConvergenceCurve, EvaluateRecord
@@ -43,12 +45,7 @@ def check_inputs(records: list[EvaluateRecord], curves: dict[str, ConvergenceCur
 
 
 def _checks(results: list[GateResult]) -> list[GateCheck]:
-    return [
-        GateCheck(
-            name=r.name, threshold=r.threshold, value=r.value, passed=r.passed, text=r.describe()
-        )
-        for r in results
-    ]
+    return [GateCheck(**asdict(r), text=r.describe()) for r in results]
 
 
 def compute_spent(record: EvaluateRecord) -> tuple[float, str]:
