@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ldm.records import ConvergenceCurve, EvaluateRecord
 from ldm.report.paper import TABLE_2
+from ldm.report.projection import UNITS
 from ldm.report.summary import Projection
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 # yellow last, as it is faint on white.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-UNITS = {"gpu_hours": "GPU-hours", "cpu_hours": "CPU-hours"}
 LABEL_LIMIT = 8  # beyond this many variants the legend alone names the points
 DPI = 110
 
@@ -42,6 +42,13 @@ def _figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+
+
+def _legend_beside(ax: Axes, handles: list | None = None, columns: int = 1) -> None:
+    """The panel's legend outside it, to its right."""
+    ax.legend(
+        handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=columns
+    )
 
 
 def _reference_handles() -> list:
@@ -126,13 +133,7 @@ def tradeoff_chart(records: list[EvaluateRecord], path: Path) -> None:
     _tradeoff_panel(axes[0, 1], records, lambda r: r.tokenizer.psnr, "PSNR (dB), higher is better")
     axes[0, 0].set_title("This trial: reconstruction vs generation", loc="left", fontsize=10)
     handles, _ = axes[0, 0].get_legend_handles_labels()
-    axes[0, 1].legend(
-        handles=handles + _reference_handles(),
-        fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.02, 1.0),
-        ncol=2 if len(records) > 12 else 1,
-    )
+    _legend_beside(axes[0, 1], handles + _reference_handles(), 2 if len(records) > 12 else 1)
     _paper_panel(axes[1, 0], "rfid", "rFID (Inception), ImageNet val")
     _paper_panel(axes[1, 1], "psnr", "PSNR (dB), ImageNet val")
     axes[1, 0].set_title(
@@ -141,7 +142,7 @@ def tradeoff_chart(records: list[EvaluateRecord], path: Path) -> None:
         loc="left",
         fontsize=10,
     )
-    axes[1, 1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _legend_beside(axes[1, 1])
     _save(fig, path)
 
 
@@ -201,12 +202,6 @@ def convergence_chart(
             Line2D([], [], color="black", ls="-.", lw=1, label=f"target gFD {target_fd:g}"),
             Line2D([], [], color="grey", ls=":", lw=1.2, label="fitted power law, extended"),
         ]
-        ax.legend(
-            handles=handles,
-            fontsize=8,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            ncol=2 if len(records) > 12 else 1,
-        )
+        _legend_beside(ax, handles, 2 if len(records) > 12 else 1)
     axes[0].set_title("Generation quality against generator compute", loc="left", fontsize=10)
     _save(fig, path)
