@@ -83,6 +83,11 @@ class StageCost(Record):
             device_count=max(self.device_count, other.device_count),
         )
 
+    def metrics(self, prefix: str = COST_PREFIX) -> dict[str, float]:
+        """The numbers as flat metrics (`cost/usd`, ...); energy only where it was measured."""
+        values = self.model_dump().items()
+        return {prefix + k: float(v) for k, v in values if isinstance(v, int | float)}
+
 
 def total_cost(costs: list[StageCost]) -> StageCost:
     """Stages that ran one after another, as one."""
@@ -90,6 +95,14 @@ def total_cost(costs: list[StageCost]) -> StageCost:
     for cost in costs[1:]:
         total = total + cost
     return total
+
+
+def trial_cost(records: list[EvaluateRecord]) -> StageCost:
+    """Every stage of the trial once: the shared ones appear in each variant's cost by name."""
+    stages: dict[str, StageCost] = {}
+    for record in records:
+        stages |= record.cost.stages
+    return total_cost(list(stages.values()))
 
 
 class ConvergencePoint(Record):
@@ -202,8 +215,6 @@ class EvaluateRecord(Record):
                     flat[f"{section}/{key}"] = float(value)
                 elif isinstance(value, dict):  # per-class FDs
                     flat |= {f"{section}/{key}/{k}": float(v) for k, v in value.items()}
-        for key, value in self.cost.total.model_dump().items():
-            if isinstance(value, int | float):
-                flat[f"cost/{key}"] = float(value)
+        flat |= self.cost.total.metrics()
         flat["reference/relative_fd"] = self.reference.relative(self.generation.fd)
         return flat

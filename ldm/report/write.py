@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ldm.config import CostConfig, GatesConfig, ReportConfig
 from ldm.errors import LdmError
-from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost
+from ldm.records import ConvergenceCurve, EvaluateRecord, trial_cost
 from ldm.report.charts import convergence_chart, tradeoff_chart
 from ldm.report.document import CONVERGENCE_PNG, TRADEOFF_PNG, ReportInputs, markdown
 from ldm.report.html import data_uri, to_html
@@ -32,14 +32,6 @@ def price_per_hour(compute_unit: str, prices: CostConfig) -> float:
         f"report: a convergence curve counts compute in {compute_unit!r}; expected 'gpu_hours' "
         "or 'cpu_hours'. Rerun `ldm train-diffusion` with this version of ldm"
     )
-
-
-def trial_usd(records: list[EvaluateRecord]) -> float:
-    """Every stage once: the shared ones appear in each variant's cost under the same name."""
-    stages: dict[str, StageCost] = {}
-    for record in records:
-        stages |= record.cost.stages
-    return sum(cost.usd for cost in stages.values())
 
 
 def summarise(
@@ -71,7 +63,7 @@ def summarise(
         recommended=recommended,
         recommendation=text,
         failed_gates=failed,
-        trial_usd=trial_usd(records),
+        trial_usd=trial_cost(records).usd,
         variants=variants,
         files=list(FILES),
     )

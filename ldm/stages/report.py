@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 from ldm.config import Config
 from ldm.errors import DataError
 from ldm.files import write_json_atomic
 from ldm.paths import Paths
-from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost, total_cost
+from ldm.records import ConvergenceCurve, EvaluateRecord, trial_cost
 from ldm.stages.result import StageResult
 from ldm.tracker import Tracker
 
+if TYPE_CHECKING:
+    from ldm.tracking.registry import Provenance
+
 
 def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
+    import os
+
     from ldm import tracking
     from ldm.report import ReportHeader, write_report
+    from ldm.tracking.registry import Provenance
 
     records, curves = [], {}
     for variant in cfg.variants:
@@ -34,11 +41,11 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         records.append(EvaluateRecord.model_validate_json(evaluation.read_text()))
         curves[variant] = ConvergenceCurve.model_validate_json(curve.read_text())
     meta = json.loads((paths.prepared / "meta.json").read_text())
-    provenance = tracking.provenance_tags(paths.root)
+    tags = tracking.provenance_tags(paths.root)
     header = ReportHeader(
         trial=cfg.tracking.experiment,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        git_commit=None if provenance["git_commit"] == "unknown" else provenance["git_commit"],
+        git_commit=None if tags["git_commit"] == "unknown" else tags["git_commit"],
         n_train=meta["counts"]["train"],
         n_val=meta["counts"]["val"],
         classes=sorted(meta["class_map"], key=meta["class_map"].get)
@@ -55,7 +62,13 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         prices=cfg.cost,
         header=header,
     )
-    versions = register(cfg, paths, records, summary.recommended, tracker)
+    provenance = Provenance(
+        run_id=os.environ.get(tracking.PARENT_RUN_ENV) or getattr(tracker, "run_id", ""),
+        data_manifest_sha256=meta["source_manifest_sha256"],
+        git_commit=tags["git_commit"],
+        dvc_lock_sha256=tags.get("dvc_lock_sha256", ""),
+    )
+    versions = register(cfg, paths, records, summary.recommended, provenance)
     write_json_atomic(paths.reports / "registry.json", versions)
     costs = trial_costs(records)
     parent = tracking.parent_tracker(paths.root)
@@ -72,24 +85,13 @@ def register(
     paths: Paths,
     records: list[EvaluateRecord],
     recommended: str | None,
-    tracker: Tracker,
+    provenance: Provenance,
 ) -> dict:
     """Each variant's generator as a version of `registry.model_name` (an unchanged one is
     found again, not registered twice); the recommended one gets the alias `candidate`."""
-    import os
-
-    from ldm import tracking
     from ldm.tracking.promotion import set_candidate
-    from ldm.tracking.registry import Provenance, register_generator
+    from ldm.tracking.registry import register_generator
 
-    meta = json.loads((paths.prepared / "meta.json").read_text())
-    tags = tracking.provenance_tags(paths.root)
-    provenance = Provenance(
-        run_id=os.environ.get(tracking.PARENT_RUN_ENV) or getattr(tracker, "run_id", ""),
-        data_manifest_sha256=meta["source_manifest_sha256"],
-        git_commit=tags["git_commit"],
-        dvc_lock_sha256=tags.get("dvc_lock_sha256", ""),
-    )
     versions, candidate = {}, None
     for record in records:
         registration = register_generator(
@@ -115,15 +117,7 @@ def register(
 
 def trial_costs(records: list[EvaluateRecord]) -> dict[str, float]:
     """`cost/*` summed over the trial's stages (each once), and `cost/<variant>/*` per variant."""
-    stages: dict[str, StageCost] = {}
+    flat = trial_cost(records).metrics()
     for record in records:
-        stages |= record.cost.stages
-    totals = [(None, total_cost(list(stages.values())))]
-    totals += [(r.variant, r.cost.total) for r in records]
-    flat = {}
-    for variant, cost in totals:
-        prefix = "cost/" if variant is None else f"cost/{variant}/"
-        for key, value in cost.model_dump().items():
-            if isinstance(value, int | float):
-                flat[prefix + key] = float(value)
+        flat |= record.cost.total.metrics(f"cost/{record.variant}/")
     return flat
