@@ -1,0 +1,123 @@
+"""Every script under bench/ runs in its smoke mode (toy sizes, on the CPU) and prints its table.
+
+The benchmarks' numbers are no test; their wiring is, so that none of them rots unseen. Each
+script's docstring names its smoke flag. `gpu_check.sh --dry-run` runs four parts, the fourth
+being `paper_smoke.py` itself (its `main`, table and all): one run serves both scripts' tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ldm.stages.registry import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+
+
+def smoke(script: str, cwd: Path, timeout: float, *args: str) -> str:
+    """`python bench/SCRIPT --smoke ARGS` in `cwd`; its stdout, once it has exited 0."""
+    env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "printed"),
+    [
+        (
+            "dit_throughput.py",
+            ["ours (LightningDiT defaults)", "diffusers DiTTransformer2DModel", "ours / diffusers"],
+        ),
+        ("tokenizer_throughput.py", ["max |ours - diffusers|", "ratio ours/diffusers"]),
+        ("validate_throughput.py", ["8/8 accepted", "summary: scan"]),
+    ],
+)
+def test_throughput_scripts_print_their_comparison(
+    script: str, printed: list[str], tmp_path: Path
+) -> None:
+    out = smoke(script, tmp_path, 300)
+    for text in printed:
+        assert text in out, out
+    assert "images/s" in out or "img/s" in out, out
+
+
+@pytest.mark.slow
+def test_memory_measures_the_pipeline_stages_at_two_sizes(tmp_path: Path) -> None:
+    out = smoke("memory.py", tmp_path, 600, "--work-dir", str(tmp_path))
+    table = out[out.index("peak RSS (MiB)") :].splitlines()
+    assert "24 images" in table[1] and "48 images" in table[1], out
+    rows = [line.split()[0] for line in table[2:] if line and not line.startswith("smoke")]
+    stages = list(STAGES)[: list(STAGES).index("reference") + 1]  # the smoke stops there
+    assert rows[: len(stages)] == stages, out
+    assert all(line.split()[1].isdigit() for line in table[2 : 2 + len(stages)]), out
+    assert not list(tmp_path.glob("ldm-memory-*")), "the projects are removed"
+
+
+@pytest.mark.slow
+def test_trial_time_times_every_stage_and_the_rerun(tmp_path: Path) -> None:
+    out = smoke("trial_time.py", tmp_path, 900, "--keep", str(tmp_path / "trial"))
+    lines = out.splitlines()
+    assert lines[0].split() == ["stage", "wall", "s"], out
+    end = next(i for i, line in enumerate(lines) if line.startswith("stages, sum"))
+    rows = dict(line.rsplit(None, 1) for line in lines[1:end])  # stage run -> wall seconds
+    assert {name.split("@")[0] for name in rows} == set(STAGES), out  # one row per stage run
+    assert all(float(seconds) > 0 for seconds in rows.values()), out
+    for row in ("orchestration", "trial (ldm run)", "re-run, no change", "machine probe"):
+        assert any(line.startswith(row) for line in lines), out
+    assert "note: the re-run ran stages" not in out, out  # nothing changed, nothing ran
+
+
+@pytest.fixture(scope="module")
+def gpu_check_dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """`bash bench/gpu_check.sh --dry-run`, once: (its stdout, the folder of its part logs)."""
+    logs = tmp_path_factory.mktemp("gpu-check")
+    env = os.environ | {"PYTHON": sys.executable, "OUT": str(logs)}
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, logs
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_wires_every_part_and_prints_one_table(
+    gpu_check_dry_run: tuple[str, Path],
+) -> None:
+    """Every part starts and imports only what the GPU host has."""
+    out, logs = gpu_check_dry_run
+    lines = out.splitlines()
+    assert lines[0].startswith("GPU check on CPU (dry run)")
+    rows = [line.split() for line in lines[3:]]
+    assert sorted({row[0] for row in rows}) == ["1", "2", "3", "4"], out
+    assert all("dry" in row for row in rows), out  # no FAILED, no TIMEOUT
+    assert sorted(p.name for p in logs.iterdir()) == [f"part{n}.log" for n in range(1, 5)]
+
+
+@pytest.mark.slow
+def test_paper_smoke_prints_a_row_per_stage(gpu_check_dry_run: tuple[str, Path]) -> None:
+    """paper_smoke.py's main, as part 4 of the GPU check runs it, with the GPU host's imports."""
+    _, logs = gpu_check_dry_run
+    log = (logs / "part4.log").read_text().splitlines()
+    header = next(i for i, line in enumerate(log) if line.split() == ["stage", "result", "cost"])
+    rows = log[header + 2 : header + 6]
+    stages = ["reference", "train_tokenizer@aligned", "encode@aligned", "train_diffusion@aligned"]
+    for row, stage in zip(rows, stages, strict=True):
+        assert row.startswith(f"paper preset {stage}") and " dry " in row, "\n".join(log)
