@@ -14,7 +14,8 @@
 # then on the GPU host, with .whl carried along (logs go to $OUT when set, else a temp folder):
 #     bash bench/gpu_check.sh
 # Without a GPU, check the wiring (every part starts, imports resolve as on the GPU host, the
-# table prints "dry" for the numbers) in well under 2 minutes:
+# table prints "dry" for the numbers) in well under 2 minutes (--smoke is the same flag, the one
+# every bench script has; tests/test_bench.py runs it):
 #     PYTHON=.venv/bin/python bash bench/gpu_check.sh --dry-run
 set -euo pipefail
 cd "$(dirname "$0")/.."
