@@ -18,6 +18,7 @@ from ldm.data.prepare import load_split
 from ldm.data.shards import ShardedArray
 from ldm.diffusion.train import fit_diffusion
 from ldm.errors import DataError
+from ldm.metrics.extract import batches_of, total_images
 from ldm.tracker import NullTracker
 from tests.test_diffusion_train import LABELS, LATENTS, assert_same_weights, make_run
 from tests.test_prepare import run, write_images, write_manifest
@@ -86,6 +87,30 @@ def test_load_split_gives_the_images_the_old_concatenation_gave(tmp_path: Path) 
             for a, b in zip(on_disk.batch(step), in_memory.batch(step), strict=True):
                 assert torch.equal(a, b)
         assert torch.equal(check_images(images), to_model_range(old))  # fewer than the cap
+
+
+def test_feature_batches_read_the_shards_one_batch_at_a_time(tmp_path: Path) -> None:
+    """The reference stage's batches: the rows of the old copy-it-all, read as the loop goes."""
+    whole = np.concatenate(write_shards(tmp_path, [5, 8, 1, 8, 3]))  # (25, 4, 4, 3)
+    reads: list[int] = []
+
+    class Counted(ShardedArray):
+        def take(self, indices: np.ndarray) -> np.ndarray:
+            reads.append(len(indices))
+            return super().take(indices)
+
+    rows = Counted([tmp_path / f"part-{i}.npy" for i in range(5)])
+    pick = np.array([0, 3, 4, 5, 11, 12, 13, 20, 24])
+    for batches, expected in (
+        (batches_of(rows, 4), [whole[s : s + 4] for s in range(0, 25, 4)]),
+        (batches_of(rows, 4, rows=pick), [whole[pick][s : s + 4] for s in range(0, 9, 4)]),
+    ):
+        reads.clear()
+        assert total_images(batches) == sum(len(b) for b in expected) and reads == []
+        for got, want in zip(batches, expected, strict=True):
+            assert reads == [len(want)]  # this batch alone has been read
+            np.testing.assert_array_equal(got, want)
+            reads.clear()
 
 
 def test_check_images_spread_a_fixed_subset_over_the_split() -> None:
