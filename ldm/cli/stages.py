@@ -52,65 +52,52 @@ def run_stage(
     typer.echo(f"{name}: done  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(numbers.items())))
 
 
-def run_per_variant(
-    stage: str, params: Path | None, overrides: list[str] | None, variant: str | None
-) -> None:
-    cfg = load_config(Paths.discover(), params, overrides)
-    for name in [variant] if variant else list(cfg.variants):
-        run_stage(stage, params, overrides, name)
+def stage_command(stage: str, help: str) -> None:
+    """`ldm <stage>`: one stage, run once."""
+
+    def command(params: ParamsOption = None, overrides: SetOption = None) -> None:
+        run_stage(stage, params, overrides)
+
+    app.command(stage.replace("_", "-"), help=help)(command)
 
 
-@app.command()
-def validate(params: ParamsOption = None, overrides: SetOption = None) -> None:
-    """Check every file under data.raw_dir; write the manifest, the rejects and the GX report."""
-    run_stage("validate", params, overrides)
+def variant_command(stage: str, help: str) -> None:
+    """`ldm <stage> [--variant NAME]`: one stage of a variant, or of each in turn."""
+
+    def command(
+        params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+    ) -> None:
+        cfg = load_config(Paths.discover(), params, overrides)
+        for name in [variant] if variant else list(cfg.variants):
+            run_stage(stage, params, overrides, name)
+
+    app.command(stage.replace("_", "-"), help=help)(command)
 
 
-@app.command()
-def prepare(params: ParamsOption = None, overrides: SetOption = None) -> None:
-    """Crop and resize accepted images into train/val shards."""
-    run_stage("prepare", params, overrides)
-
-
-@app.command()
-def reference(params: ParamsOption = None, overrides: SetOption = None) -> None:
-    """Measure the real images once: the val features every FD is set against, the floor."""
-    run_stage("reference", params, overrides)
-
-
-@app.command("train-tokenizer")
-def train_tokenizer(
-    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
-) -> None:
-    """Train a variant's KL-VAE tokenizer (with VA-VAE's VF loss when the variant aligns)."""
-    run_per_variant("train_tokenizer", params, overrides, variant)
-
-
-@app.command()
-def encode(
-    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
-) -> None:
-    """Encode the train split (and its mirror) into latents with a variant's tokenizer."""
-    run_per_variant("encode", params, overrides, variant)
-
-
-@app.command("train-diffusion")
-def train_diffusion(
-    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
-) -> None:
-    """Train LightningDiT on a variant's latents (under torchrun: DDP over the GPUs)."""
-    run_per_variant("train_diffusion", params, overrides, variant)
-
-
-@app.command()
-def evaluate(
-    params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
-) -> None:
-    """Measure a variant's generator: gFD with its reference lines, precision/recall, cost."""
-    run_per_variant("evaluate", params, overrides, variant)
-
-
-@app.command()
-def report(params: ParamsOption = None, overrides: SetOption = None) -> None:
-    """Write the trial's report, register each generator, recommend one for promotion."""
-    run_stage("report", params, overrides)
+stage_command(
+    "validate",
+    "Check every file under data.raw_dir; write the manifest, the rejects and the GX report.",
+)
+stage_command("prepare", "Crop and resize accepted images into train/val shards.")
+stage_command(
+    "reference",
+    "Measure the real images once: the val features every FD is set against, the floor.",
+)
+variant_command(
+    "train_tokenizer",
+    "Train a variant's KL-VAE tokenizer (with VA-VAE's VF loss when the variant aligns).",
+)
+variant_command(
+    "encode", "Encode the train split (and its mirror) into latents with a variant's tokenizer."
+)
+variant_command(
+    "train_diffusion",
+    "Train LightningDiT on a variant's latents (under torchrun: DDP over the GPUs).",
+)
+variant_command(
+    "evaluate",
+    "Measure a variant's generator: gFD with its reference lines, precision/recall, cost.",
+)
+stage_command(
+    "report", "Write the trial's report, register each generator, recommend one for promotion."
+)
