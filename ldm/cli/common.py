@@ -7,12 +7,15 @@ Exit codes: 0 done; 1 the data or setup needs a fix (message says what); 2 bad u
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ldm.config import Config, ConfigError
+from ldm.errors import LdmError
 from ldm.paths import Paths
 
 EXIT_USER, EXIT_USAGE, EXIT_UNEXPECTED = 1, 2, 3
@@ -42,6 +45,15 @@ VariantOption = Annotated[
 def fail(message: str, code: int) -> typer.Exit:
     typer.secho(message, fg=typer.colors.RED, err=True)
     return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """An LdmError ends the command with its message and EXIT_USER."""
+    try:
+        yield
+    except LdmError as err:
+        raise fail(str(err), EXIT_USER) from None
 
 
 def load_config(paths: Paths, params: Path | None, overrides: list[str] | None) -> Config:

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ldm.cli.common import EXIT_USAGE, EXIT_USER, ParamsOption, SetOption, app, fail, load_config
-from ldm.errors import LdmError
+from ldm.cli.common import EXIT_USAGE, ParamsOption, SetOption, app, fail, load_config, user_errors
 from ldm.paths import Paths
 
 
@@ -44,10 +43,8 @@ def promote(
     from ldm.tracking.promotion import previous_alias, promote
 
     gates = getattr(cfg.promotion.gates, to.value)
-    try:
+    with user_errors():
         move = promote(paths.root, cfg.registry.model_name, version, to.value, gates, reason, force)
-    except LdmError as err:
-        raise fail(str(err), EXIT_USER) from None
     for line in move.gates:
         typer.echo(f"  {line}")
     name = cfg.registry.model_name
@@ -71,10 +68,8 @@ def rollback(
     cfg = load_config(paths, params, overrides)
     from ldm.tracking.promotion import rollback
 
-    try:
+    with user_errors():
         move = rollback(paths.root, cfg.registry.model_name, stage.value, reason)
-    except LdmError as err:
-        raise fail(str(err), EXIT_USER) from None
     typer.echo(
         f"version {move.version} of {cfg.registry.model_name} holds {stage.value} again "
         f"(it was version {move.previous})"
@@ -148,10 +143,8 @@ def serve(
     from ldm.tracking.servers import serve_command, server_env
 
     name = cfg.registry.model_name
-    try:
+    with user_errors():
         found = resolve_alias(store_client(paths.root), name, alias)
-    except LdmError as err:
-        raise fail(str(err), EXIT_USER) from None
     uri = f"models:/{name}@{alias}"
     typer.echo(
         f"serving {uri} (version {found.version}) at http://127.0.0.1:{port}/invocations; "
@@ -193,10 +186,8 @@ def ui(
 
     experiment, name = cfg.tracking.experiment, cfg.registry.model_name
     if screenshots is not None:
-        try:
+        with user_errors():
             written = take_screenshots(paths.root, experiment, name, port, screenshots, budget_ms)
-        except LdmError as err:
-            raise fail(str(err), EXIT_USER) from None
         for path in written:
             typer.echo(f"wrote {path}")
         return

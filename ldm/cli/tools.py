@@ -7,17 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ldm.cli.common import (
-    EXIT_USAGE,
-    EXIT_USER,
-    ParamsOption,
-    SetOption,
-    app,
-    fail,
-    load_config,
-)
+from ldm.cli.common import EXIT_USAGE, ParamsOption, SetOption, app, fail, load_config, user_errors
 from ldm.config import ConfigError
-from ldm.errors import LdmError
 from ldm.paths import Paths
 
 
@@ -59,7 +50,7 @@ def sample_images(
 
     from ldm.generate import image_grid
 
-    try:
+    with user_errors():
         if model is not None:
             from ldm.tracking.pyfunc import sample_registered
             from ldm.tracking.registry import load_registered
@@ -78,8 +69,6 @@ def sample_images(
                 cfg.sample,
                 pick_device(cfg.diffusion.device),
             )
-    except LdmError as err:
-        raise fail(str(err), EXIT_USER) from None
     if out.suffix.lower() == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image_grid(images, columns=min(n, 8))).save(out)
@@ -103,11 +92,9 @@ def sample_data(
     from ldm.data.sample import PHOTOS, write_sample
     from ldm.progress import progress_bar
 
-    try:
-        with progress_bar(f"sample-data {directory}", per_class * len(PHOTOS)) as advance:
-            counts = write_sample(directory, per_class, size, seed, progress=advance)
-    except LdmError as err:
-        raise fail(str(err), EXIT_USER) from None
+    total = per_class * len(PHOTOS)
+    with user_errors(), progress_bar(f"sample-data {directory}", total) as advance:
+        counts = write_sample(directory, per_class, size, seed, progress=advance)
     typer.echo(f"wrote {sum(counts.values())} images in {len(counts)} classes to {directory}")
 
 

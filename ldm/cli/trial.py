@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from ldm.cli.common import (
     app,
     fail,
     load_config,
+    user_errors,
 )
 from ldm.cli.tools import sample_data
 from ldm.paths import Paths
@@ -45,14 +47,13 @@ def run(
     changed at all, nothing runs and the last trial's answer is shown again.
     """
     from ldm import tracking
-    from ldm.errors import LdmError
     from ldm.params_file import replace_params, write_overrides
     from ldm.stages.trial_lock import trial_lock
 
     paths = Paths.discover()
     params_path = paths.root / "params.yaml"
     cfg = load_config(paths, params, overrides)  # exit 2 on a bad file, before any change
-    try:
+    with user_errors():
         tracking.check_store(paths.root)
         with trial_lock(paths.root, "ldm run"):
             ensure_images(paths.resolve(cfg.data.raw_dir), sample_if_empty, cfg.data.resolution)
@@ -67,8 +68,6 @@ def run(
                 show_answer(paths.root, last_trial(paths.root), list_stages=False)
                 return
             outcome = start_trial_flow(paths.root, overrides or [])
-    except LdmError as err:
-        raise fail(str(err), EXIT_USER) from None
     record_trial(paths.root, outcome)
     show_answer(paths.root, outcome, list_stages=True)
 
@@ -90,15 +89,11 @@ def nothing_changed(root: Path) -> bool:
 
 
 def last_trial(root: Path) -> dict | None:
-    import json
-
     record = root / ".ldm" / "last-trial.json"
     return json.loads(record.read_text()) if record.is_file() else None
 
 
 def record_trial(root: Path, outcome: dict) -> None:
-    import json
-
     from ldm.stages.trial_lock import state_folder
 
     (state_folder(root) / "last-trial.json").write_text(json.dumps(outcome, indent=2))
@@ -157,7 +152,6 @@ def start_trial_flow(root: Path, overrides: list[str]) -> dict:
     Prefect's run logs go to its API only (see flows/__init__.py), its other lines are kept
     to warnings.
     """
-    import json
     import os
     import subprocess
     import sys
