@@ -138,7 +138,8 @@ def promote(
     if holder is not None:
         client.set_registered_model_alias(model_name, previous_alias(stage), holder)
     client.set_registered_model_alias(model_name, stage, version)
-    metrics = {k: v for k, v in found.tags.items() if k in METRIC_TAGS or _is_distance(k)}
+    distance = ("gfd_", "rfd_")  # named after their feature network
+    metrics = {k: v for k, v in found.tags.items() if k in METRIC_TAGS or k.startswith(distance)}
     record = {
         "at": at,
         "by": by,
@@ -180,10 +181,6 @@ def rollback(root: Path, model_name: str, stage: str, reason: str | None) -> Mov
     note = [f"from version {holder}"] if holder else []
     _append_log(client, model_name, _entry("rollback", back, stage, False, reason, note, at))
     return Move(back, stage, holder, False, (), changed=True)
-
-
-def _is_distance(tag: str) -> bool:
-    return tag.startswith(("gfd_", "rfd_"))
 
 
 def _holder(client: MlflowClient, model_name: str, alias: str) -> str | None:

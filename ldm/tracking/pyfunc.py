@@ -181,11 +181,6 @@ def save_generator(
         )
 
 
-def load_generator(local_path: Path) -> Any:
-    """A generator folder (as downloaded from the registry) as a pyfunc model."""
-    return mlflow.pyfunc.load_model(str(local_path))
-
-
 def decode_png(text: str) -> Any:
     """A `png` cell of the output -> uint8 (H, W, 3)."""
     import numpy as np

@@ -48,11 +48,8 @@ class Registration:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def generator_identity(tokenizer: Path, diffusion: Path, sampler: SampleConfig) -> dict[str, str]:
@@ -269,9 +266,8 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 def load_registered(root: Path, uri: str):  # noqa: ANN201  (an mlflow PyFuncModel)
     """The generator a registry URI names, loaded as a pyfunc model, and its version."""
+    import mlflow
     from mlflow.artifacts import download_artifacts
-
-    from ldm.tracking.pyfunc import load_generator
 
     client = store_client(root)
     name, alias, number = parse_model_uri(uri)
@@ -283,4 +279,4 @@ def load_registered(root: Path, uri: str):  # noqa: ANN201  (an mlflow PyFuncMod
         local = unquote(urlparse(location).path)
     else:
         local = download_artifacts(artifact_uri=location, tracking_uri=tracking_uri(root))
-    return load_generator(Path(local)), found
+    return mlflow.pyfunc.load_model(str(local)), found
