@@ -180,11 +180,6 @@ class EffnetLite2Features(FeatureNet):
         return self.net.extract_features(x).mean(dim=(2, 3))  # (B, 1280)
 
 
-def unit_normalize(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Scale each position's feature vector to unit length over channels, as LPIPS does."""
-    return f / (f.norm(dim=1, keepdim=True) + eps)  # (B, C, h, w)
-
-
 class EffnetPerceptual(PerceptualDistance):
     """LPIPS-like distance on EfficientNet-Lite: unit-normalised stage features, squared diff."""
 
@@ -211,7 +206,8 @@ class EffnetPerceptual(PerceptualDistance):
         for i, block in enumerate(self.blocks):
             h = block(h)
             if i in self.ends:
-                feats.append(unit_normalize(h))  # (B, C_i, H/s_i, W/s_i)
+                # each position's feature vector at unit length over channels, as LPIPS does
+                feats.append(h / (h.norm(dim=1, keepdim=True) + 1e-10))  # (B, C_i, H/s_i, W/s_i)
         return feats
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -36,11 +36,8 @@ EVALUATE = WeightsSetting(
 
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, read in chunks (checkpoints are hundreds of MB)."""
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def require_file(weights: Path | None, needs: str, obtain: str, setting: WeightsSetting) -> Path:
