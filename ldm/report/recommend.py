@@ -48,12 +48,6 @@ def _checks(results: list[GateResult]) -> list[GateCheck]:
     return [GateCheck(**asdict(r), text=r.describe()) for r in results]
 
 
-def compute_spent(record: EvaluateRecord) -> tuple[float, str]:
-    """GPU-hours when the variant used a GPU anywhere, else CPU-hours."""
-    total = record.cost.total
-    return (total.gpu_hours, "gpu_hours") if total.gpu_hours > 0 else (total.cpu_hours, "cpu_hours")
-
-
 def summarise_variant(
     record: EvaluateRecord, gates: GatesConfig, projection: Projection
 ) -> VariantSummary:
@@ -62,7 +56,9 @@ def summarise_variant(
     production = check_gates(gates.production, values)
     ref, gen, total = record.reference, record.generation, record.cost.total
     relative = ref.relative(gen.fd)
-    hours, unit = compute_spent(record)
+    # GPU-hours when the variant used a GPU anywhere, else CPU-hours
+    gpu = total.gpu_hours > 0
+    hours, unit = (total.gpu_hours, "gpu_hours") if gpu else (total.cpu_hours, "cpu_hours")
     return VariantSummary(
         variant=record.variant,
         psnr=record.tokenizer.psnr,
