@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FoundationName = Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
 
@@ -51,9 +51,7 @@ class TokenizerConfig(Section):
     warmup_steps: int = Field(ge=0)
     lr_schedule: Literal["constant", "cosine"]
     kl_weight: float = Field(ge=0.0)
-    perceptual: Literal[
-        "effnet_lite0", "lpips_vgg", "none"
-    ]  # the network behind the perceptual loss
+    perceptual: Literal["effnet_lite0", "lpips_vgg", "none"]  # the perceptual loss's network
     perceptual_weight: float = Field(ge=0.0)
     lpips_vgg_weights: Path | None  # local torchvision VGG16 weights, needed for lpips_vgg
     disc_weight: float = Field(ge=0.0)  # 0 switches the PatchGAN off
@@ -75,30 +73,29 @@ class AlignPhase(Section):
     use_margins: bool  # False: margins 0, the paper's first, "align hard" phase
 
 
+def _shares_add_up(phases: list[AlignPhase]) -> list[AlignPhase]:
+    """Every variant trains for tokenizer.steps: the phases must split exactly that budget."""
+    total = sum(phase.share for phase in phases)
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"the shares add up to {total:g}; they must add up to 1")
+    return phases
+
+
+Phases = Annotated[list[AlignPhase], Field(min_length=1), AfterValidator(_shares_add_up)]
+
+
 class AlignConfig(Section):
     """VA-VAE's alignment tuning: the VF loss against a frozen vision foundation model."""
 
     foundation: FoundationName  # the frozen network aligned to
     foundation_weights: Path | None  # local checkpoint file, needed for the dinov2 models
     foundation_sha256: str | None  # checked when given
-    phases: list[AlignPhase] = Field(min_length=1)  # shares of tokenizer.steps, summing to 1
+    phases: Phases  # shares of tokenizer.steps, summing to 1
     cos_margin: float = Field(ge=0.0, le=2.0)  # m1
     distmat_margin: float = Field(ge=0.0, le=2.0)  # m2
     cos_weight: float = Field(ge=0.0)
     distmat_weight: float = Field(ge=0.0)
     adaptive_max: float = Field(gt=0.0)  # clamp of the adaptive weight
-
-    @model_validator(mode="after")
-    def _phases_cover_the_budget(self) -> AlignConfig:
-        check_phase_shares(self.phases, "align.phases")
-        return self
-
-
-def check_phase_shares(phases: list[AlignPhase], where: str) -> None:
-    """Every variant trains for tokenizer.steps: the phases must split exactly that budget."""
-    total = sum(phase.share for phase in phases)
-    if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"{where}: the shares add up to {total:g}; they must add up to 1")
 
 
 VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # usable in DVC stage names, paths and MLflow tags
@@ -113,15 +110,9 @@ class VariantConfig(Section):
     latent_channels: int | None = Field(default=None, ge=1)  # d; null: the preset's
     align: bool  # train with VA-VAE's VF loss against a foundation model
     foundation: FoundationName | None = None  # null: align.foundation
-    phases: list[AlignPhase] | None = Field(default=None, min_length=1)  # null: align.phases
+    phases: Phases | None = None  # null: align.phases
     cos_margin: float | None = Field(default=None, ge=0.0, le=2.0)  # null: align.cos_margin
     distmat_margin: float | None = Field(default=None, ge=0.0, le=2.0)
-
-    @model_validator(mode="after")
-    def _phases_cover_the_budget(self) -> VariantConfig:
-        if self.phases is not None:
-            check_phase_shares(self.phases, "phases")
-        return self
 
 
 class DiffusionConfig(Section):
