@@ -175,14 +175,8 @@ def ui(
 
     paths = Paths.discover()
     cfg = load_config(paths, params, overrides)
-    from ldm.tracking import tracking_uri
-    from ldm.tracking.servers import (
-        remote_ui,
-        server_env,
-        take_screenshots,
-        ui_command,
-        ui_pages,
-    )
+    from ldm.tracking.runs import remote_ui, tracking_uri
+    from ldm.tracking.servers import server_env, take_screenshots, ui_command, ui_pages
 
     experiment, name = cfg.tracking.experiment, cfg.registry.model_name
     if screenshots is not None:

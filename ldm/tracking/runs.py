@@ -71,6 +71,12 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
 
 
+def remote_ui(root: Path) -> str | None:
+    """The tracking server's address when the store is a server (it serves its own UI)."""
+    uri = tracking_uri(root)
+    return uri if uri.startswith(("http://", "https://")) else None
+
+
 def store_client(root: Path) -> MlflowClient:
     """A client on the project's store; the registry lives in the same database."""
     from mlflow import MlflowClient
@@ -101,19 +107,15 @@ def _client_and_experiment(root: Path, name: str) -> tuple[MlflowClient, str]:
 def provenance_tags(root: Path) -> dict[str, str]:
     """Git commit (and whether the tree was dirty) and the hash of dvc.lock when present."""
     tags = {"git_commit": "unknown", "git_dirty": "unknown"}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
+        commit = git("rev-parse", "HEAD")
         if commit.returncode == 0:
             tags["git_commit"] = commit.stdout.strip()
-            status = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
+            status = git("status", "--porcelain", "--untracked-files=no")
             tags["git_dirty"] = str(bool(status.stdout.strip())).lower()
     except (OSError, subprocess.TimeoutExpired):
         pass
@@ -276,10 +278,5 @@ def check_store(root: Path, timeout_s: float = 5.0) -> None:
 
 def run_url(root: Path, experiment_id: str, run_id: str, ui_port: int = 5000) -> str:
     """Where a run opens in the MLflow UI: on the tracking server, or under `ldm ui`."""
-    uri = tracking_uri(root)
-    base = (
-        uri.rstrip("/")
-        if uri.startswith(("http://", "https://"))
-        else f"http://127.0.0.1:{ui_port}"
-    )
+    base = (remote_ui(root) or f"http://127.0.0.1:{ui_port}").rstrip("/")
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ldm.errors import LdmError
-from ldm.tracking.runs import tracking_uri
+from ldm.tracking.runs import remote_ui, tracking_uri
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = (
@@ -145,12 +145,6 @@ def ui_pages(root: Path, experiment: str, model_name: str, base: str) -> UiPages
         trial=trial,
         model=f"{app}/models/{quote(model_name, safe='')}",
     )
-
-
-def remote_ui(root: Path) -> str | None:
-    """The tracking server's address when the store is a server (it serves its own UI)."""
-    uri = tracking_uri(root)
-    return uri if uri.startswith(("http://", "https://")) else None
 
 
 def find_chromium() -> Path:
