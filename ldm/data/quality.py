@@ -48,6 +48,9 @@ def _expectations(cfg: ValidateConfig) -> dict[str, list[Any]]:
     def label(text: str) -> dict[str, str]:
         return {"label": text}
 
+    def between(column: str, text: str, **bounds: int) -> Any:
+        return gxe.ExpectColumnValuesToBeBetween(column=column, meta=label(text), **bounds)
+
     share = f"accepted share >= {cfg.min_accepted_fraction:g}"
     return {
         "files": [
@@ -65,24 +68,16 @@ def _expectations(cfg: ValidateConfig) -> dict[str, list[Any]]:
                 min_value=cfg.min_images, meta=label(f"row count >= {cfg.min_images}")
             ),
             gxe.ExpectColumnValuesToBeUnique(column="sha256", meta=label("sha256 unique")),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="width", min_value=cfg.min_side, meta=label(f"width >= {cfg.min_side}")
-            ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="height", min_value=cfg.min_side, meta=label(f"height >= {cfg.min_side}")
-            ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="pixels", max_value=cfg.max_pixels, meta=label(f"pixels <= {cfg.max_pixels}")
-            ),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="channels", min_value=1, max_value=4, meta=label("channels in 1..4")
-            ),
+            between("width", f"width >= {cfg.min_side}", min_value=cfg.min_side),
+            between("height", f"height >= {cfg.min_side}", min_value=cfg.min_side),
+            between("pixels", f"pixels <= {cfg.max_pixels}", max_value=cfg.max_pixels),
+            between("channels", "channels in 1..4", min_value=1, max_value=4),
         ],
         "classes": [
-            gxe.ExpectColumnValuesToBeBetween(
-                column="n_images",
+            between(
+                "n_images",
+                f"images per class >= {cfg.min_images_per_class}",
                 min_value=cfg.min_images_per_class,
-                meta=label(f"images per class >= {cfg.min_images_per_class}"),
             ),
         ],
     }
