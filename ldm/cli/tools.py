@@ -61,14 +61,9 @@ def sample_images(
             from ldm.generate import generate
             from ldm.training.devices import pick_device
 
-            images = generate(
-                checkpoint or paths.diffusion(variant or "aligned"),
-                paths.root,
-                n,
-                class_name,
-                cfg.sample,
-                pick_device(cfg.diffusion.device),
-            )
+            release = checkpoint or paths.diffusion(variant or "aligned")
+            device = pick_device(cfg.diffusion.device)
+            images = generate(release, paths.root, n, class_name, cfg.sample, device)
     if out.suffix.lower() == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image_grid(images, columns=min(n, 8))).save(out)

@@ -140,13 +140,8 @@ class EffNetLite0(FoundationEncoder):
                 break
             stride *= block_stride(block)
             blocks.append(block)
-        super().__init__(
-            "effnet_lite0",
-            blocks[-1]._block_args.output_filters,
-            self.STRIDE,
-            INCEPTION_MEAN,
-            INCEPTION_STD,
-        )
+        width = blocks[-1]._block_args.output_filters
+        super().__init__("effnet_lite0", width, self.STRIDE, INCEPTION_MEAN, INCEPTION_STD)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(blocks)
 

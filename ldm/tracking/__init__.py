@@ -8,7 +8,6 @@
 
 from ldm.tracking.runs import (
     PARENT_RUN_ENV,
-    MlflowTracker,
     attach,
     check_store,
     close_abandoned_runs,
@@ -24,7 +23,6 @@ from ldm.tracking.runs import (
 )
 
 __all__ = [
-    "MlflowTracker",
     "PARENT_RUN_ENV",
     "attach",
     "check_store",
