@@ -17,24 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm.data.shards import ShardedArray
+from ldm.data.shards import ShardedArray, ShardWriter
 from ldm.errors import DataError
 
 STORED_DTYPE = np.float16
 
 
-class LatentShardWriter:
-    """Fills shards of `shard_size` latents in order, writing each as soon as it is full."""
+class LatentShardWriter(ShardWriter):
+    """Latent shards (`latents-NNNNN.npy`), and the per-channel statistics of the stored values."""
 
     def __init__(self, folder: Path, shard_size: int) -> None:
-        self.folder, self.shard_size = Path(folder), shard_size
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.shards: list[dict[str, Any]] = []
-        self.count = 0
+        super().__init__(folder, shard_size, "latents")
         self.row_shape: tuple[int, ...] | None = None
-        self._latents: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
-        self._buffered = 0
         self._sum = self._sum_sq = None  # per channel, float64
 
     def add(self, latents: np.ndarray, labels: np.ndarray) -> None:
@@ -47,29 +41,11 @@ class LatentShardWriter:
         values = stored.astype(np.float64)  # (B, C, h, w)
         self._sum += values.sum(axis=(0, 2, 3))
         self._sum_sq += np.square(values).sum(axis=(0, 2, 3))
-        labels = np.asarray(labels, dtype=np.int64)
-        while len(stored):
-            take = min(len(stored), self.shard_size - self._buffered)
-            self._latents.append(stored[:take])
-            self._labels.append(labels[:take])
-            self._buffered += take
-            stored, labels = stored[take:], labels[take:]
-            if self._buffered == self.shard_size:
-                self._flush()
-
-    def _flush(self) -> None:
-        index = len(self.shards)
-        latents, labels = f"latents-{index:05d}.npy", f"labels-{index:05d}.npy"
-        np.save(self.folder / latents, np.concatenate(self._latents), allow_pickle=False)
-        np.save(self.folder / labels, np.concatenate(self._labels), allow_pickle=False)
-        self.shards.append({"latents": latents, "labels": labels, "count": self._buffered})
-        self.count += self._buffered
-        self._latents, self._labels, self._buffered = [], [], 0
+        super().add(stored, labels)
 
     def close(self) -> dict[str, Any]:
         """Write the last shard; return what meta.json records: count, shape, shards, stats."""
-        if self._buffered:
-            self._flush()
+        self.flush()
         if not self.count:
             raise DataError("no latents were written: the train split is empty")
         per_channel = self.count * self.row_shape[1] * self.row_shape[2]

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ldm.data.images import decode_rgb
 from ldm.data.parallel import ordered_map
-from ldm.data.shards import ShardedArray
+from ldm.data.shards import ShardedArray, ShardWriter
 from ldm.errors import DataError
 
 SPLITS = ("train", "val")
@@ -93,41 +93,20 @@ def _read_manifest(manifest_path: Path) -> list[dict[str, Any]]:
     return sorted(frame.select(REQUIRED_COLUMNS).to_dicts(), key=lambda r: r["path"])
 
 
-class _SplitWriter:
-    """Fills one split's shards in order and writes each as soon as it is full."""
+class _SplitWriter(ShardWriter):
+    """One split's images in shards, and its files.csv: index, path, class, label, sha256."""
 
     def __init__(self, folder: Path, total: int, shard_size: int, resolution: int) -> None:
-        self.folder, self.total, self.shard_size, self.res = folder, total, shard_size, resolution
-        self.written = 0
-        self.shards: list[dict[str, Any]] = []
+        # A split smaller than a shard holds only its own images in memory.
+        super().__init__(folder, min(shard_size, total), "images")
         self.rows: list[tuple[int, str, str, int, str]] = []
-        self._images: np.ndarray | None = None
-        self._labels: np.ndarray | None = None
-        folder.mkdir(parents=True)
 
     def add(self, image: np.ndarray, row: dict[str, Any], label: int) -> None:
-        if self._images is None:
-            # Only one shard per split is held in memory, whatever the dataset size.
-            n = min(self.shard_size, self.total - self.written)
-            self._images = np.empty((n, self.res, self.res, 3), dtype=np.uint8)
-            self._labels = np.empty((n,), dtype=np.int64)
-        fill = self.written - len(self.shards) * self.shard_size
-        self._images[fill] = image
-        self._labels[fill] = label
-        self.rows.append((self.written, row["path"], row["class"], label, row["sha256"]))
-        self.written += 1
-        if fill + 1 == len(self._images):
-            self._flush()
-
-    def _flush(self) -> None:
-        index = len(self.shards)
-        images, labels = f"images-{index:05d}.npy", f"labels-{index:05d}.npy"
-        np.save(self.folder / images, self._images, allow_pickle=False)
-        np.save(self.folder / labels, self._labels, allow_pickle=False)
-        self.shards.append({"images": images, "labels": labels, "count": len(self._labels)})
-        self._images = self._labels = None
+        self.rows.append((self.count, row["path"], row["class"], label, row["sha256"]))
+        super().add(image[None], [label])
 
     def close(self) -> None:
+        self.flush()
         with open(self.folder / "files.csv", "w", newline="", encoding="utf-8") as fh:
             out = csv.writer(fh, lineterminator="\n")
             out.writerow(["index", "path", "class", "label", "sha256"])
@@ -220,7 +199,7 @@ def _meta(
         "layout": LAYOUT,
         "val_fraction": val_fraction,
         "shard_size": shard_size,
-        "counts": {s: writers[s].written for s in SPLITS},
+        "counts": {s: writers[s].count for s in SPLITS},
         "class_counts": per_class,
         "class_map": class_map,
         "num_classes": len(class_map),

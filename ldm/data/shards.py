@@ -1,4 +1,5 @@
-"""Arrays stored as `.npy` shards, read as one: length, shape and rows by index, never concatenated.
+"""Arrays stored as `.npy` shards, written a shard at a time and read as one: length, shape and
+rows by index, never concatenated.
 
 Every read maps the shards it touches (`np.load(mmap_mode="r")`), copies the rows out and drops
 the mapping again. A mapping held open keeps each page it ever touched in the process's resident
@@ -12,10 +13,48 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ldm.errors import DataError
+
+
+class ShardWriter:
+    """Rows and their int labels, appended in order and saved `shard_size` rows at a time as
+    `<name>-NNNNN.npy` and `labels-NNNNN.npy` (`shards`, as meta.json lists them); only one
+    shard is held in memory, whatever the number of rows."""
+
+    def __init__(self, folder: Path, shard_size: int, name: str) -> None:
+        self.folder, self.shard_size, self.name = Path(folder), shard_size, name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.shards: list[dict[str, Any]] = []
+        self.count = 0  # rows added
+        self._rows: np.ndarray | None = None
+        self._labels = np.empty(shard_size, np.int64)
+        self._filled = 0
+
+    def add(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        """Append (B, ...) rows and their (B,) labels."""
+        for row, label in zip(rows, labels, strict=True):
+            if self._rows is None:
+                self._rows = np.empty((self.shard_size, *row.shape), row.dtype)
+            self._rows[self._filled], self._labels[self._filled] = row, label
+            self._filled += 1
+            self.count += 1
+            if self._filled == self.shard_size:
+                self.flush()
+
+    def flush(self) -> None:
+        """Save the rows held as the next shard (the last one may be short)."""
+        if not self._filled:
+            return
+        index = len(self.shards)
+        rows, labels = f"{self.name}-{index:05d}.npy", f"labels-{index:05d}.npy"
+        np.save(self.folder / rows, self._rows[: self._filled], allow_pickle=False)
+        np.save(self.folder / labels, self._labels[: self._filled], allow_pickle=False)
+        self.shards.append({self.name: rows, "labels": labels, "count": self._filled})
+        self._filled = 0
 
 
 class ShardedArray:
