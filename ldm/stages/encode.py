@@ -13,7 +13,6 @@ import json
 import shutil
 
 from ldm.config import Config
-from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.progress import progress_bar
 from ldm.stages.inputs import released_tokenizer
@@ -53,7 +52,8 @@ def encode(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageRe
     written = writer.close()
     meta = json.loads((paths.prepared / "meta.json").read_text())
     classes = {"num_classes": meta["num_classes"], "class_map": meta["class_map"]}
-    write_json_atomic(tmp / "meta.json", {"variant": variant, **classes, **written})
+    text = json.dumps({"variant": variant, **classes, **written}, indent=2, sort_keys=True)
+    (tmp / "meta.json").write_text(text + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     mean, std = np.array(written["channel_mean"]), np.array(written["channel_std"])
