@@ -56,10 +56,12 @@ def user_errors() -> Iterator[None]:
         raise fail(str(err), EXIT_USER) from None
 
 
-def load_config(paths: Paths, params: Path | None, overrides: list[str] | None) -> Config:
+def open_project(params: Path | None, overrides: list[str] | None) -> tuple[Paths, Config]:
+    """The project the command runs in, and its validated config (exit 2 when it is not)."""
     from ldm import config
 
+    paths = Paths.discover()
     try:
-        return config.load(params or paths.root / "params.yaml", overrides)
+        return paths, config.load(params or paths.root / "params.yaml", overrides)
     except ConfigError as err:
         raise fail(str(err), EXIT_USAGE) from None

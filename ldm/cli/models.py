@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ldm.cli.common import EXIT_USAGE, ParamsOption, SetOption, app, fail, load_config, user_errors
-from ldm.paths import Paths
+from ldm.cli.common import EXIT_USAGE, ParamsOption, SetOption, app, fail, open_project, user_errors
 
 
 class Stage(enum.StrEnum):
@@ -34,8 +33,7 @@ def promote(
     overrides: SetOption = None,
 ) -> None:
     """Give a version the staging or production alias if it passes `promotion.gates`."""
-    paths = Paths.discover()
-    cfg = load_config(paths, params, overrides)
+    paths, cfg = open_project(params, overrides)
     if force and not (reason and reason.strip()):
         raise fail(
             "--force needs --reason TEXT: an override is recorded with its reason", EXIT_USAGE
@@ -64,8 +62,7 @@ def rollback(
     overrides: SetOption = None,
 ) -> None:
     """Give an alias back to the version that held it before (run again to undo)."""
-    paths = Paths.discover()
-    cfg = load_config(paths, params, overrides)
+    paths, cfg = open_project(params, overrides)
     from ldm.tracking.promotion import rollback
 
     with user_errors():
@@ -79,8 +76,7 @@ def rollback(
 @app.command("models")
 def list_models(params: ParamsOption = None, overrides: SetOption = None) -> None:
     """List the registered generator's versions with their aliases and key metrics."""
-    paths = Paths.discover()
-    cfg = load_config(paths, params, overrides)
+    paths, cfg = open_project(params, overrides)
     from rich.console import Console
     from rich.table import Table
 
@@ -136,8 +132,7 @@ def serve(
     """Serve a registered generator with MLflow's scoring server (POST /invocations)."""
     import subprocess
 
-    paths = Paths.discover()
-    cfg = load_config(paths, params, overrides)
+    paths, cfg = open_project(params, overrides)
     from ldm.tracking.registry import resolve_alias
     from ldm.tracking.runs import store_client
     from ldm.tracking.servers import serve_command, server_env
@@ -173,8 +168,7 @@ def ui(
     """Open the MLflow UI on the project's tracking store (runs table of the experiment)."""
     import subprocess
 
-    paths = Paths.discover()
-    cfg = load_config(paths, params, overrides)
+    paths, cfg = open_project(params, overrides)
     from ldm.tracking.runs import remote_ui, tracking_uri
     from ldm.tracking.servers import server_env, take_screenshots, ui_command, ui_pages
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ldm.cli.common import EXIT_USAGE, EXIT_USER, ParamsOption, app, fail, load_config
+from ldm.cli.common import EXIT_USAGE, EXIT_USER, ParamsOption, app, fail, open_project
 from ldm.paths import Paths
 
 
@@ -29,7 +29,7 @@ def deploy(
     import sys
 
     paths = Paths.discover()
-    pool = pool or load_config(paths, params, None).orchestration.gpu_pool
+    pool = pool or open_project(params, None)[1].orchestration.gpu_pool
     if not pool:
         raise fail("name the work pool: --pool NAME (or set orchestration.gpu_pool)", EXIT_USAGE)
     command = [sys.executable, "-m", "flows.remote", "deploy", str(paths.root), "--pool", pool]

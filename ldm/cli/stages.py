@@ -15,17 +15,15 @@ from ldm.cli.common import (
     VariantOption,
     app,
     fail,
-    load_config,
+    open_project,
 )
 from ldm.errors import LdmError
-from ldm.paths import Paths
 
 
 def run_stage(
     stage: str, params: Path | None, overrides: list[str] | None, variant: str | None = None
 ) -> None:
-    paths = Paths.discover()
-    cfg = load_config(paths, params, overrides)
+    paths, cfg = open_project(params, overrides)
     from ldm import stages
     from ldm.stages import launch
 
@@ -67,7 +65,7 @@ def variant_command(stage: str, help: str) -> None:
     def command(
         params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
     ) -> None:
-        cfg = load_config(Paths.discover(), params, overrides)
+        _, cfg = open_project(params, overrides)
         for name in [variant] if variant else list(cfg.variants):
             run_stage(stage, params, overrides, name)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ldm.cli.common import EXIT_USAGE, ParamsOption, SetOption, app, fail, load_config, user_errors
+from ldm.cli.common import EXIT_USAGE, ParamsOption, SetOption, app, fail, open_project, user_errors
 from ldm.config import ConfigError
 from ldm.paths import Paths
 
@@ -42,8 +42,7 @@ def sample_images(
     overrides: SetOption = None,
 ) -> None:
     """Generate images with a trained diffusion model (sampler settings: `sample` section)."""
-    paths = Paths.discover()
-    cfg = load_config(paths, params, overrides)
+    paths, cfg = open_project(params, overrides)
     if model is not None and (variant is not None or checkpoint is not None):
         raise fail("--model replaces --variant and --checkpoint; give one of them", EXIT_USAGE)
     from PIL import Image
@@ -117,5 +116,5 @@ def show_config(params: ParamsOption = None, overrides: SetOption = None) -> Non
     """Print the validated config, overrides applied, as YAML."""
     import yaml
 
-    cfg = load_config(Paths.discover(), params, overrides)
+    _, cfg = open_project(params, overrides)
     typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)

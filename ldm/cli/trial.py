@@ -15,11 +15,10 @@ from ldm.cli.common import (
     SetOption,
     app,
     fail,
-    load_config,
+    open_project,
     user_errors,
 )
 from ldm.cli.tools import sample_data
-from ldm.paths import Paths
 
 
 @app.command()
@@ -50,9 +49,8 @@ def run(
     from ldm.params_file import replace_params, write_overrides
     from ldm.stages.trial_lock import trial_lock
 
-    paths = Paths.discover()
+    paths, cfg = open_project(params, overrides)  # exit 2 on a bad file, before any change
     params_path = paths.root / "params.yaml"
-    cfg = load_config(paths, params, overrides)  # exit 2 on a bad file, before any change
     with user_errors():
         tracking.check_store(paths.root)
         with trial_lock(paths.root, "ldm run"):
