@@ -10,22 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ldm.config import (
-    ConfigError,
-    apply_overrides,
-    parse_override,
-    read_yaml,
-    validate_dict,
-)
+from ldm.config import ConfigError, apply_overrides, parse_override, read_yaml, validate_dict
 
 
 def write_overrides(path: Path, overrides: list[str]) -> list[str]:
-    """Apply `section.key=value` overrides to the params file itself, keeping its comments.
-
-    `ldm run --set` does this, as `dvc exp run -S` does, so that DVC's record of what ran and
-    the file agree. The result is validated before anything is written. Returns one line per
-    changed value.
-    """
+    """Apply `section.key=value` overrides to the params file itself, keeping its comments;
+    the result is validated before anything is written. Returns one line per changed value."""
     from ruamel.yaml import YAML
 
     validate_dict(apply_overrides(read_yaml(path), overrides), f"{path} with --set overrides")
