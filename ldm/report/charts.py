@@ -75,26 +75,13 @@ def _tradeoff_panel(ax: Axes, records: list[EvaluateRecord], x_of, xlabel: str) 
     label_points = len(records) <= LABEL_LIMIT
     for i, record in enumerate(records):
         colour, marker = style(i)
-        x, gfd = x_of(record), record.generation.fd
+        x, gfd, ceiling = x_of(record), record.generation.fd, record.reference.fd_random_latents
         ax.scatter([x], [gfd], color=colour, marker=marker, s=70, zorder=3, label=record.variant)
         # the ceiling depends on the tokenizer that decodes the random latents: one tick each
-        ax.scatter(
-            [x],
-            [record.reference.fd_random_latents],
-            color=colour,
-            marker="_",
-            s=500,
-            linewidths=2.5,
-            zorder=2,
-        )
+        ax.scatter([x], [ceiling], color=colour, marker="_", s=500, linewidths=2.5, zorder=2)
         if label_points:  # alternate above and below: neighbours (plain, aligned) often touch
-            ax.annotate(
-                record.variant,
-                (x, gfd),
-                xytext=(7, 5 if i % 2 == 0 else -12),
-                textcoords="offset points",
-                fontsize=8,
-            )
+            offset = (7, 5 if i % 2 == 0 else -12)
+            ax.annotate(record.variant, (x, gfd), offset, textcoords="offset points", fontsize=8)
     for floor in sorted({r.reference.fd_train_val for r in records}):
         ax.axhline(floor, color="black", ls="--", lw=1, zorder=1)
     top = max(max(r.reference.fd_random_latents, r.generation.fd) for r in records)
@@ -168,14 +155,8 @@ def convergence_chart(
             samples.add(curve.num_samples)
             colour, marker = style(i)
             points = [p for p in curve.points if p.compute_hours > 0]  # a log axis has no 0
-            ax.plot(
-                [p.compute_hours for p in points],
-                [p.fd for p in points],
-                color=colour,
-                marker=marker,
-                lw=1.5,
-                label=record.variant,
-            )
+            compute, fd = [p.compute_hours for p in points], [p.fd for p in points]
+            ax.plot(compute, fd, color=colour, marker=marker, lw=1.5, label=record.variant)
             fit = projections[record.variant]
             if fit.a is not None and fit.b is not None and points:
                 end = fit.compute_hours or fit.limit_compute_hours
