@@ -119,11 +119,8 @@ def inspect_file(root: str, rel_path: str, min_side: int, max_pixels: int) -> di
         _describe(row, data)
         w, h = row["width"], row["height"]
         size = f"{w}x{h} = {w * h:,} pixels" if w and h else f"too many pixels ({err})"
-        return reject(
-            row,
-            "too_large",
-            f"{size} > validate.max_pixels {max_pixels:,}; refused before decoding",
-        )
+        reason = f"{size} > validate.max_pixels {max_pixels:,}; refused before decoding"
+        return reject(row, "too_large", reason)
     except UnidentifiedImageError:
         return reject(row, "not_image", "not an image Pillow can read")
     except Exception as err:  # noqa: BLE001 - plugins raise OSError, SyntaxError, ValueError, ...
@@ -138,10 +135,7 @@ def inspect_file(root: str, rel_path: str, min_side: int, max_pixels: int) -> di
         return reject(row, "corrupt", f"decoded, but cannot convert to RGB: {err}")
     # Upright size (EXIF rotation applied): that is the picture `prepare` crops.
     row.update(width=rgb.width, height=rgb.height)
-    if min(rgb.width, rgb.height) < min_side:
-        return reject(
-            row,
-            "too_small",
-            f"shorter side {min(rgb.width, rgb.height)} px < validate.min_side {min_side}",
-        )
+    short = min(rgb.width, rgb.height)
+    if short < min_side:
+        return reject(row, "too_small", f"shorter side {short} px < validate.min_side {min_side}")
     return row

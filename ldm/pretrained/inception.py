@@ -26,8 +26,7 @@ class InceptionFeatures(FeatureNet):
 
         state = torch.load(weights, map_location="cpu", weights_only=True)
         # pytorch-fid always fetches its weights by URL; hand it the local file instead.
-        patch = mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: state)
-        with patch:
+        with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: state):
             self.net = inception.InceptionV3([3], resize_input=True, normalize_input=True)
         self.net.eval().requires_grad_(False)
 
