@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ldm.errors import LdmError
-from ldm.tracking.runs import remote_ui, tracking_uri
+from ldm.tracking.runs import _client_and_experiment, remote_ui, tracking_uri
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = (
@@ -122,7 +122,6 @@ def wait_until_up(url: str, process: subprocess.Popen | None, timeout: float) ->
 
 @dataclass(frozen=True)
 class UiPages:
-    base: str  # http://127.0.0.1:PORT, or the tracking server's address
     runs: str  # the experiment's runs table
     trial: str | None  # the newest trial's parent run
     model: str  # the registered model's page: versions, aliases, promotion log
@@ -131,8 +130,6 @@ class UiPages:
 def ui_pages(root: Path, experiment: str, model_name: str, base: str) -> UiPages:
     """Addresses of the pages worth opening. The runs table is named explicitly: MLflow 3.17
     otherwise opens on a GenAI overview."""
-    from ldm.tracking.runs import _client_and_experiment
-
     client, experiment_id = _client_and_experiment(root, experiment)
     trials = client.search_runs(
         [experiment_id], "tags.`ldm.kind` = 'trial'", max_results=1, order_by=["start_time DESC"]
@@ -140,7 +137,6 @@ def ui_pages(root: Path, experiment: str, model_name: str, base: str) -> UiPages
     app = f"{base.rstrip('/')}/#"
     trial = f"{app}/experiments/{experiment_id}/runs/{trials[0].info.run_id}" if trials else None
     return UiPages(
-        base=base,
         runs=f"{app}/experiments/{experiment_id}/runs",
         trial=trial,
         model=f"{app}/models/{quote(model_name, safe='')}",
