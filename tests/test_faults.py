@@ -35,19 +35,24 @@ def test_a_failing_stage_shows_its_cause_everywhere_and_stops_the_trial(
 ) -> None:
     one_variant(project, **{"validate.min_images": 10_000})
     result = ldm_run(project)
-    assert result.returncode == 1  # the data needs a fix: not retried
+    assert result.returncode == 1  # the data needs a fix
     assert "data-quality checks failed" in result.stdout  # the stage's own words, as they came
     assert "! validate: failed (exit code 1)" in result.stdout
+    assert "(attempt 2)" not in result.stdout  # a data error is final: not retried
     assert "> prepare" not in result.stdout  # later stages never started
     assert "Traceback" not in result.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ldm-poc").experiment_id])
-    by_kind = {r.data.tags.get("ldm.kind"): r for r in runs}
-    assert by_kind["stage"].info.status == "FAILED"
-    assert "data-quality checks failed" in by_kind["stage"].data.tags["ldm.error"]
-    assert by_kind["trial"].info.status == "FAILED"
-    assert by_kind["trial"].data.tags["ldm.failed_stage"] == "validate"
-    assert "validate" in by_kind["trial"].data.tags["ldm.error"]
+    # One stage run, validate's: no retry, no later stage.
+    (stage,) = [r for r in runs if r.data.tags.get("ldm.kind") == "stage"]
+    assert stage.info.run_name == "validate"
+    assert stage.info.status == "FAILED"
+    assert "data-quality checks failed" in stage.data.tags["ldm.error"]
+    (trial,) = [r for r in runs if r.data.tags.get("ldm.kind") == "trial"]
+    assert stage.data.tags["mlflow.parentRunId"] == trial.info.run_id
+    assert trial.info.status == "FAILED"
+    assert trial.data.tags["ldm.failed_stage"] == "validate"
+    assert "validate" in trial.data.tags["ldm.error"]
 
 
 def test_a_transient_failure_is_retried_and_the_trial_completes(

@@ -16,7 +16,7 @@ from flows.stage_run import StageFailed
 from flows.trial import is_transient, trial
 from ldm.config import load
 from ldm.stages import stage_names
-from tests.conftest import ldm_run, one_variant, set_params
+from tests.conftest import ldm_run, one_variant
 
 pytestmark = pytest.mark.slow
 
@@ -91,21 +91,6 @@ def test_trial_runs_each_stage_through_dvc_then_skips_them(project: Path, prefec
         "evaluate@aligned",
         "report",
     ]
-
-
-def test_data_failure_stops_the_trial_without_retries(project: Path, prefect_server) -> None:
-    set_params(project / "params.yaml", {"validate.min_images": 10_000})
-    state = trial(str(project), return_state=True)
-    assert state.is_failed()
-    with pytest.raises(StageFailed, match="validate") as info:
-        state.result()
-    assert info.value.exit_code == 1
-    runs = runs_by_name(project)
-    assert len(runs["validate"]) == 1  # a data error is final: no retry
-    assert set(runs) & set(stage_names(load(project / "params.yaml"))) == {"validate"}
-    (parent,) = [run for name, found in runs.items() if name.startswith("trial ") for run in found]
-    assert parent.info.status == "FAILED"
-    assert parent.data.tags["ldm.failed_stage"] == "validate"
 
 
 @pytest.mark.parametrize(
