@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from prefect.states import Failed
 
 from flows.stage_run import StageFailed
-from flows.trial import is_transient, trial
+from flows.trial import is_transient
 from ldm.config import load
 from ldm.stages import stage_names
 from tests.conftest import ldm_run, one_variant
@@ -30,67 +30,148 @@ def runs_by_name(root: Path) -> dict[str, list]:
     return found
 
 
-def test_trial_runs_each_stage_through_dvc_then_skips_them(project: Path, prefect_server) -> None:
-    names = stage_names(load(project / "params.yaml"))
-    first = trial(str(project))
-    assert set(first["stages"].values()) == {"ran"}
-    assert list(first["stages"]) == names
-    parent_id = first["mlflow_parent_run_id"]
+def trial_runs(root: Path) -> dict[str, object]:
+    """The trials' parent runs in MLflow, by run id."""
+    trials = [
+        run
+        for name, runs in runs_by_name(root).items()
+        if name.startswith("trial ")
+        for run in runs
+    ]
+    return {run.info.run_id: run for run in trials}
 
+
+def stage_list(output: str, names: list[str]) -> dict[str, str]:
+    """What `ldm run` lists at the end, in its order: each stage and "ran" or "skipped"."""
+    listed = [line.split() for line in output.splitlines()]
+    return {
+        words[0]: words[1]
+        for words in listed
+        if len(words) == 2 and words[0] in names and words[1] in ("ran", "skipped")
+    }
+
+
+def parent_id_of(output: str) -> str:
+    """The trial's MLflow run, from the link `ldm run` ends with."""
+    url = next(line.split()[1] for line in output.splitlines() if line.startswith("MLflow: "))
+    return url.rsplit("/", 1)[1]
+
+
+def dvc(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_what_changed(
+    project: Path, prefect_server
+) -> None:
+    one_variant(project, **{"promotion.gates.staging.max_relative_fd": 1000.0})
+    names = stage_names(load(project / "params.yaml"))
+    first = ldm_run(project, "--set", "prepare.shard_size=50")
+    assert first.returncode == 0, first.stdout + first.stderr
+    out, lines = first.stdout, first.stdout.splitlines()
+    # --set is written into params.yaml first, so that DVC and the records agree on what ran.
+    assert "prepare.shard_size: 64 -> 50" in out
+    assert "shard_size: 50" in (project / "params.yaml").read_text()
+    # Every stage ran, in DAG order, and the terminal lists them.
+    listed = stage_list(out, names)
+    assert list(listed) == names and set(listed.values()) == {"ran"}
+    # The stages' own lines reach the terminal as they come, without DVC's git hints.
+    assert any(line.strip().startswith("train_tokenizer@plain  4/4") for line in lines)
+    assert "git add" not in out and "autostage" not in out and "Traceback" not in out
+    # It ends with the answer: the table, the recommendation, the report and the run.
+    assert "Trial answer" in out and "recommended: plain" in out
+    assert "ldm promote 1 --to staging" in out
+    assert f"Report: {project / 'data/reports/report.html'}" in out
+
+    # One MLflow run per stage, each nested under the trial's run, which records the trial.
+    parent_id = parent_id_of(out)
     runs = runs_by_name(project)
     for stage in names:
         (stage_run,) = runs[stage]
         assert stage_run.data.tags["mlflow.parentRunId"] == parent_id
         assert stage_run.info.status == "FINISHED"
-    (parent,) = [run for name, found in runs.items() if name.startswith("trial ") for run in found]
+    (parent,) = trial_runs(project).values()
     assert parent.info.run_id == parent_id
     assert parent.data.tags["prefect.flow_run_id"]
     assert parent.data.metrics["stages_ran"] == len(names)
     assert parent.data.tags["stage.prepare"] == "ran"
-
+    assert parent.data.params["set.prepare.shard_size"] == "50"  # reproducible from its record
+    assert parent.data.metrics["cost/usd"] > 0 and parent.data.metrics["cost/plain/usd"] > 0
+    # DVC's record of every stage, and the params reached the stages.
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(names)
     assert json.loads((project / "data/prepared/meta.json").read_text())["resolution"] == 16
 
-    second = trial(str(project))
-    assert set(second["stages"].values()) == {"skipped"}
-    assert second["mlflow_parent_run_id"] != parent_id
-    assert len(runs_by_name(project)["validate"]) == 1  # skipped stages log no new run
+    # Nothing changed: no stage runs, no new trial run clutters MLflow, the answer is shown again.
+    again = ldm_run(project)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Nothing changed since the last trial: no stage ran." in again.stdout
+    assert "Trial answer" in again.stdout
+    assert not any(line.split()[-1:] == ["ran"] for line in again.stdout.splitlines())
+    assert list(trial_runs(project)) == [parent_id]
 
-    # `dvc repro` in the same checkout agrees that nothing is left to do.
-    repro = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "didn't change, skipping" in repro.stdout
-    assert "Running stage" not in repro.stdout
-    metrics = subprocess.run(
-        [sys.executable, "-m", "dvc", "metrics", "show", "--json"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "evaluate@aligned.json" in metrics and "fd_effnet_lite2" in metrics
+    # A changed param reruns exactly the stages that read it, and what depends on their output:
+    # evaluate reads evaluate.nearest_k, the report reads evaluate's metrics. DVC skips the rest,
+    # and a skipped stage logs no new run.
+    changed = ldm_run(project, "--set", "evaluate.nearest_k=2")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    listed = stage_list(changed.stdout, names)
+    assert list(listed) == names
+    assert [stage for stage, status in listed.items() if status == "ran"] == [
+        "evaluate@plain",
+        "report",
+    ]
+    second_id = parent_id_of(changed.stdout)
+    assert second_id != parent_id
+    second = trial_runs(project)[second_id]
+    assert second.data.tags["stage.prepare"] == "skipped"
+    assert second.data.metrics["stages_ran"] == 2
+    runs = runs_by_name(project)
+    assert {stage: len(runs[stage]) for stage in names} == dict.fromkeys(names, 1) | {
+        "evaluate@plain": 2,
+        "report": 2,
+    }
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs["evaluate@plain"]} == {
+        parent_id,
+        second_id,
+    }
 
-    # A changed param reruns exactly the stage that reads it, and what depends on its output:
-    # the aligned variant's branch reruns, the plain one is skipped.
+    # Each variant's stages read only that variant's settings: a variant added to the trial
+    # runs its own branch, the plain one is skipped (and the report, which reads every variant).
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    # (a margin alone would not do: below it, the hinge's gradient does not depend on it)
-    raw["variants"]["aligned"]["phases"] = [{"share": 1.0, "vf_weight": 0.3, "use_margins": True}]
+    raw["variants"]["aligned"] = {"preset": "f4d8", "align": True}
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    third = trial(str(project))
-    reran = [s for s, status in third["stages"].items() if status == "ran"]
-    assert reran == [
+    names = stage_names(load(project / "params.yaml"))
+    widened = ldm_run(project)
+    assert widened.returncode == 0, widened.stdout + widened.stderr
+    listed = stage_list(widened.stdout, names)
+    assert list(listed) == names
+    assert [stage for stage, status in listed.items() if status == "ran"] == [
         "train_tokenizer@aligned",
         "encode@aligned",
         "train_diffusion@aligned",
         "evaluate@aligned",
         "report",
     ]
+    third_id = parent_id_of(widened.stdout)
+    runs = runs_by_name(project)
+    for stage in ("train_tokenizer@plain", "encode@plain", "train_diffusion@plain"):
+        assert len(runs[stage]) == 1, stage
+    for stage in ("train_tokenizer@aligned", "evaluate@aligned"):
+        (stage_run,) = runs[stage]
+        assert stage_run.data.tags["mlflow.parentRunId"] == third_id
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(names)
+
+    # `dvc repro` in the same checkout agrees that nothing is left to do.
+    repro = dvc(project, "repro")
+    assert "didn't change, skipping" in repro
+    assert "Running stage" not in repro
+    metrics = dvc(project, "metrics", "show", "--json")
+    assert "evaluate@aligned.json" in metrics and "fd_effnet_lite2" in metrics
 
 
 @pytest.mark.parametrize(
@@ -106,37 +187,3 @@ def test_trial_runs_each_stage_through_dvc_then_skips_them(project: Path, prefec
 )
 def test_only_transient_failures_are_retried(error: Exception, retry: bool) -> None:
     assert is_transient(None, None, Failed(data=error)) is retry
-
-
-def test_ldm_run_shows_progress_ends_with_an_answer_and_skips_a_rerun(
-    project: Path, prefect_server
-) -> None:
-    one_variant(project, **{"promotion.gates.staging.max_relative_fd": 1000.0})
-    result = ldm_run(project, "--set", "prepare.shard_size=50")
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "prepare.shard_size: 64 -> 50" in out
-    assert "shard_size: 50" in (project / "params.yaml").read_text()
-    lines = out.splitlines()
-    assert any(line.split() == ["validate", "ran"] for line in lines)
-    # The stages' own lines reach the terminal as they come, without DVC's git hints.
-    assert any(line.strip().startswith("train_tokenizer@plain  4/4") for line in lines)
-    assert "git add" not in out and "autostage" not in out and "Traceback" not in out
-    # It ends with the answer: the table, the recommendation, the report and the run.
-    assert "Trial answer" in out and "recommended: plain" in out
-    assert "ldm promote 1 --to staging" in out
-    assert f"Report: {project / 'data/reports/report.html'}" in out
-    url = next(line.split()[1] for line in lines if line.startswith("MLflow: "))
-    parent_id = url.rsplit("/", 1)[1]
-    (validate_run,) = runs_by_name(project)["validate"]
-    assert validate_run.data.tags["mlflow.parentRunId"] == parent_id
-    parent = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_run(parent_id)
-    assert parent.data.params["set.prepare.shard_size"] == "50"  # reproducible from its record
-    assert parent.data.metrics["cost/usd"] > 0 and parent.data.metrics["cost/plain/usd"] > 0
-
-    again = ldm_run(project)
-    assert again.returncode == 0
-    assert "Nothing changed since the last trial: no stage ran." in again.stdout
-    assert "Trial answer" in again.stdout
-    assert not any(line.split()[-1:] == ["ran"] for line in again.stdout.splitlines())
-    assert len([n for n in runs_by_name(project) if n.startswith("trial ")]) == 1  # no clutter
