@@ -55,23 +55,6 @@ def test_a_failing_stage_shows_its_cause_everywhere_and_stops_the_trial(
     assert "validate" in trial.data.tags["ldm.error"]
 
 
-def test_a_transient_failure_is_retried_and_the_trial_completes(
-    project: Path, prefect_server
-) -> None:
-    one_variant(project, **{"orchestration.retry_delay_seconds": 0})
-    # The stage's command fails once with exit 3 (an unexpected error), then works.
-    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
-    dvc["stages"]["prepare"]["cmd"] = (
-        "test -f .failed-once || { touch .failed-once; exit 3; }; ldm prepare"
-    )
-    (project / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    result = ldm_run(project)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "! prepare: failed (exit code 3)" in result.stdout
-    assert "> prepare (attempt 2)" in result.stdout
-    assert (project / "data/prepared/meta.json").is_file()
-
-
 def test_an_unreachable_mlflow_server_fails_in_seconds_naming_it(
     project: Path, prefect_server
 ) -> None:
@@ -102,13 +85,25 @@ def test_a_second_trial_refuses_at_once_and_touches_nothing(project: Path, prefe
     assert after == before and not (project / "mlflow.db").exists()
 
 
-def test_a_trial_killed_in_train_diffusion_resumes_from_its_last_checkpoint(
+def test_a_killed_trial_resumes_from_its_last_checkpoint_and_retries_a_transient_failure(
     project: Path, prefect_server
 ) -> None:
+    # Two faults in one trial's life, apart: a kill in train_diffusion, after which the next
+    # `ldm run` resumes it; then, in that run, a transient failure in evaluate, which is retried.
     one_variant(
         project,
-        **{"diffusion.steps": 400, "diffusion.checkpoint_every": 20, "diffusion.sample_every": 400},
+        **{
+            "diffusion.steps": 400,
+            "diffusion.checkpoint_every": 20,
+            "diffusion.sample_every": 400,
+            "orchestration.retry_delay_seconds": 0,
+        },
     )
+    # evaluate's command fails once with exit 3 (an unexpected error), then works.
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
+    evaluate = dvc["stages"]["evaluate"]["do"]
+    evaluate["cmd"] = "test -f .failed-once || { touch .failed-once; exit 3; }; " + evaluate["cmd"]
+    (project / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     work = project / "data/.work/train_diffusion@plain"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ldm", "run"],
@@ -127,11 +122,14 @@ def test_a_trial_killed_in_train_diffusion_resumes_from_its_last_checkpoint(
         os.killpg(proc.pid, signal.SIGKILL)  # the whole trial, as a crash would
         proc.wait()
     killed_at = max(int(p.name.split("-")[1]) for p in work.glob("step-*"))
+    assert not (project / ".failed-once").exists()  # the killed trial never reached evaluate
 
     result = ldm_run(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"resuming at step {killed_at}" in result.stdout, result.stdout
     lines = result.stdout.splitlines()
+    # The kill: finished stages are skipped, train_diffusion resumes from its last checkpoint,
+    # and the killed trial's MLflow runs are closed as KILLED.
+    assert f"resuming at step {killed_at}" in result.stdout, result.stdout
     for stage in ("validate", "prepare", "train_tokenizer@plain", "encode@plain"):
         assert any(line.split() == [stage, "skipped"] for line in lines), stage
     assert killed_at >= 40  # at most one checkpoint interval (20 steps) was lost
@@ -139,3 +137,8 @@ def test_a_trial_killed_in_train_diffusion_resumes_from_its_last_checkpoint(
     runs = client.search_runs([client.get_experiment_by_name("ldm-poc").experiment_id])
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert {r.data.tags.get("ldm.kind") for r in killed} == {"trial", "stage"}
+    # The transient failure: shown with its exit code, retried, and the trial completes.
+    assert "! evaluate@plain: failed (exit code 3)" in result.stdout
+    assert "> evaluate@plain (attempt 2)" in result.stdout
+    assert (project / "data/metrics/evaluate@plain.json").is_file()
+    assert any(line.split() == ["report", "ran"] for line in lines)
