@@ -6,14 +6,12 @@ gives the terminal table, from a `ReportSummary` returned or read back from summ
 Importing this package loads neither numpy nor matplotlib: the CLI stays quick to start.
 """
 
-from ldm.report.summary import ReportHeader, ReportSummary, TerminalSummary, summary_rows
-from ldm.report.write import SUMMARY_JSON, summarise, write_report
+from ldm.report.summary import ReportHeader, ReportSummary, summary_rows
+from ldm.report.write import summarise, write_report
 
 __all__ = [
-    "SUMMARY_JSON",
     "ReportHeader",
     "ReportSummary",
-    "TerminalSummary",
     "summarise",
     "summary_rows",
     "write_report",
