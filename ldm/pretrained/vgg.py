@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ldm.errors import LdmError
-from ldm.pretrained.base import PerceptualDistance
+from ldm.pretrained.base import PerceptualDistance, freeze
 from ldm.pretrained.weights import WeightsSetting, require_file
 
 
@@ -44,8 +44,7 @@ class LpipsVgg(PerceptualDistance):
                         f"{setting.fallback}."
                     )
                 layer.load_state_dict({p: state[k] for p, k in keys.items()})
-        self.requires_grad_(False)
-        self.eval()
+        freeze(self)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.lpips(x, y).flatten()  # (B, 1, 1, 1) -> (B,)
