@@ -85,11 +85,10 @@ def set_candidate(root: Path, model_name: str, version: str, reason: str) -> Mov
     client = store_client(root)
     get_version(client, model_name, version)
     holder = _holder(client, model_name, CANDIDATE)
-    if holder == version:
-        return Move(version, CANDIDATE, holder, False, (), changed=False)
-    client.set_registered_model_alias(model_name, CANDIDATE, version)
-    _append_log(client, model_name, _entry("candidate", version, CANDIDATE, False, reason, []))
-    return Move(version, CANDIDATE, holder, False, (), changed=True)
+    if holder != version:
+        client.set_registered_model_alias(model_name, CANDIDATE, version)
+        _append_log(client, model_name, _entry("candidate", version, CANDIDATE, False, reason, []))
+    return Move(version, CANDIDATE, holder, False, (), changed=holder != version)
 
 
 def check_promotion(version: ModelVersion, stage: str, gates: Gates) -> tuple[list[str], list[str]]:
