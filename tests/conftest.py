@@ -1,12 +1,16 @@
 """Shared fixtures: a tiny project in tmp_path (the repo's dvc.yaml, params.yaml and code, a
-small real image folder) and one Prefect test server per session for the flow tests."""
+small real image folder), one tiny trial trained per session that the stage tests read or copy,
+and one Prefect test server per session for the flow tests."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +19,8 @@ import yaml
 
 if TYPE_CHECKING:
     import torch
+
+    from tests.stage_run import TinyTrial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,17 +146,22 @@ def sample_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def make_tiny_project(root: Path, sample_images: Path) -> None:
+    """The repo's dvc.yaml and params.yaml (with TINY_PARAMS), the sample as data/raw."""
+    root.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(sample_images, root / "data" / "raw")
+    set_params(root / "params.yaml", TINY_PARAMS)
+
+
 @pytest.fixture
 def project(tmp_path: Path, sample_images: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A git + DVC project: the repo's pipeline and code, tiny params, the sample as data/raw."""
     root = tmp_path / "project"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, root / name)
+    make_tiny_project(root, sample_images)
     # dvc.yaml names the stage code as dependencies, so the project needs those files.
     shutil.copytree(REPO / "ldm", root / "ldm", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(sample_images, root / "data" / "raw")
-    set_params(root / "params.yaml", TINY_PARAMS)
     for cmd in (
         ["git", "init", "-q"],
         [sys.executable, "-m", "dvc", "init", "-q"],
@@ -160,6 +171,146 @@ def project(tmp_path: Path, sample_images: Path, monkeypatch: pytest.MonkeyPatch
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
     monkeypatch.chdir(root)
     return root
+
+
+# What validate, prepare and reference write: a project holding them is ready to train.
+PREPARED = (
+    "data/validated",
+    "data/prepared",
+    "data/reference",
+    "data/metrics/validate.json",
+    "data/metrics/prepare.json",
+    "data/metrics/reference.json",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(
+    tmp_path_factory: pytest.TempPathFactory, sample_images: Path
+) -> Iterator[TinyTrial]:
+    """The tiny trial's first stages, run once per session: validate, prepare and reference of a
+    tiny project (`make_tiny_project`), in this process through `ldm.stages.run`, the function
+    each `ldm <stage>` command calls, with what each stage read (tests/stage_run.py). `tiny_trial`
+    goes on from here. Read its PREPARED outputs, or take `prepared_copy`; writing into them
+    fails the session."""
+    from tests.stage_run import run_tiny_trial
+
+    root = tmp_path_factory.mktemp("tiny-trial") / "project"
+    make_tiny_project(root, sample_images)
+    with working_directory(root):  # as `ldm <stage>` runs: from the project
+        prepared = run_tiny_trial(root, upto="reference")
+    with unchanged(root, PREPARED):
+        yield prepared
+
+
+@pytest.fixture(scope="session")
+def tiny_trial(tiny_prepared: TinyTrial) -> Iterator[TinyTrial]:
+    """The tiny project trained and evaluated once per session: after `tiny_prepared`, every
+    other stage of both variants, then the report, run as `tiny_prepared` runs them (so through
+    `ldm.stages.run`, watched). Shared by every test that uses it: read it
+    (`Paths(tiny_trial.root)`, its `mlflow.db`), or take `trial_copy` to change it; writing into
+    it fails the session."""
+    from tests.stage_run import run_tiny_trial
+
+    root = tiny_prepared.root
+    with working_directory(root):
+        trial = run_tiny_trial(root, after=tiny_prepared)
+    with unchanged(root):
+        yield trial
+
+
+@contextmanager
+def working_directory(folder: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextmanager
+def unchanged(root: Path, outputs: Iterable[str] = ("",)) -> Iterator[None]:
+    """Fails, as it ends, if any file under `outputs` (paths relative to `root`; default: all)
+    was written, added or removed meanwhile."""
+    before = file_stamps(root, outputs)
+    yield
+    after = file_stamps(root, outputs)
+    changed = sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+    if changed:
+        pytest.fail(f"a test wrote into the shared tiny trial (copy it to change it): {changed}")
+
+
+def file_stamps(root: Path, outputs: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under `outputs` of `root`, by relative path."""
+    stamps = {}
+    for output in outputs:
+        top = root / output
+        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            if path.is_file():
+                stat = path.stat()
+                stamps[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    return stamps
+
+
+@pytest.fixture
+def trial_copy(tiny_trial: TinyTrial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own copy of the tiny trial's project, MLflow store included, as cwd."""
+    root = tmp_path / "project"
+    shutil.copytree(tiny_trial.root, root, symlinks=True)
+    move_mlflow_store(tiny_trial.root, root)
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def prepared_copy(
+    tiny_prepared: TinyTrial, tmp_path: Path, sample_images: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A tiny project holding what the tiny trial's validate, prepare and reference wrote, and
+    nothing after them (no MLflow store either), as cwd: as if this test had run the three."""
+    root = tmp_path / "project"
+    make_tiny_project(root, sample_images)
+    copy_outputs(tiny_prepared.root, root, PREPARED)
+    monkeypatch.chdir(root)
+    return root
+
+
+def copy_outputs(source: Path, root: Path, outputs: Iterable[str]) -> None:
+    """Stage outputs (paths relative to the project) from one project into another that has the
+    same params.yaml, where the same stages would have written the same files."""
+    if (source / "params.yaml").read_text() != (root / "params.yaml").read_text():
+        raise ValueError(f"{root} has other params than {source}: its outputs would differ")
+    for output in outputs:
+        (root / output).parent.mkdir(parents=True, exist_ok=True)
+        if (source / output).is_dir():
+            shutil.copytree(source / output, root / output, symlinks=True)
+        else:
+            shutil.copy2(source / output, root / output)
+
+
+# Where an MLflow sqlite store names artifacts: absolute paths or file URIs into its project.
+ARTIFACT_COLUMNS = {
+    "experiments": ("artifact_location",),
+    "runs": ("artifact_uri",),
+    "logged_models": ("artifact_location",),
+    "model_versions": ("source", "storage_location"),
+}
+
+
+def move_mlflow_store(source: Path, root: Path) -> None:
+    """Point the artifact locations in a copied project's `mlflow.db` at the copy's own folder,
+    so that what a test logs lands in its copy, and what it reads comes from there."""
+    moves = [(f"{source.resolve().as_uri()}/", f"{root.resolve().as_uri()}/")]  # file:///...
+    moves.append((f"{source.resolve()}/", f"{root.resolve()}/"))  # a path: Default's mlruns/0
+    with closing(sqlite3.connect(root / "mlflow.db")) as db, db:
+        for table, columns in ARTIFACT_COLUMNS.items():
+            for column in columns:
+                for old, new in moves:
+                    sql = f"UPDATE {table} SET {column} = replace({column}, ?, ?)"
+                    db.execute(sql, (old, new))
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,11 @@
 """A tiny trial run once per test session, and what each stage read while it ran.
 
-`tiny_trial` (a session fixture; `pytest_plugins = ["tests.stage_run"]` in a test module)
-builds a project with the repo's `dvc.yaml` and `params.yaml` (TINY_PARAMS, the plain variant
-only) and the sample images as `data/raw`, and runs every stage in DAG order in this process
-through `ldm.stages.run`, as `ldm <stage>` does (MLflow runs in `mlflow.db`, metrics files, the
-report, the registry), plus `train_tokenizer@aligned`, whose keys (the rest of `align`) a plain
-variant never reads. The project is shared by every test that uses it: read it, or copy it to
-change it.
+`run_tiny_trial` runs every stage of a tiny project (tests/conftest.py: `make_tiny_project`,
+both variants of the repo's params.yaml) in DAG order in this process through
+`ldm.stages.run`, as `ldm <stage>` does (MLflow runs in `mlflow.db`, metrics files, the
+report, the registry). The fixtures `tiny_prepared` (validate, prepare, reference) and
+`tiny_trial` (the rest, in the same project) in tests/conftest.py run it once per session and
+share the project with every test that uses it: read it, or copy it to change it.
 
 While a stage's own function runs (not the runner around it), `Recorder` notes what it reads:
 - config keys, as dotted `params.yaml` names: a field read from the Config or any section
@@ -21,15 +20,11 @@ While a stage's own function runs (not the runner around it), `Recorder` notes w
   around a literal; the stages take every data path from `Paths`.
 What a stage writes is recorded as well (a path does not say which way it is used): the check
 in tests/test_stage_deps.py allows a stage its own outputs.
-
-PYTEST_DONT_REWRITE: test modules import from this plugin before pytest loads it (no asserts).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,18 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PosixPath
 from typing import Any
 
-import pytest
-import yaml
 from pydantic import BaseModel
 
-from ldm.config import Config, Section, load, validate_dict
+from ldm.config import Config, Section, load
 from ldm.paths import Paths
-from ldm.stages import STAGES
-from tests.conftest import REPO, TINY_PARAMS, set_params
+from ldm.stages import STAGES, stage_names
 
-# Variants of the tiny trial: the pipeline runs the first; the second only trains its tokenizer.
-PLAIN = "plain"
-ALIGNED = ("aligned", {"preset": "f4d8", "align": True})
+# The variants of the tiny trial (the repo's params.yaml), in the order its stages run them.
+PLAIN, ALIGNED = "plain", "aligned"
 
 
 @dataclass
@@ -349,51 +340,27 @@ def _watched_stage(stage: str, function: Callable, recorder: Recorder) -> Callab
     return watched
 
 
-def make_tiny_project(root: Path, sample_images: Path) -> None:
-    """The repo's pipeline files with TINY_PARAMS and only the plain variant; the sample as
-    data/raw. No copy of the code: the stages run in this process."""
-    root.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(sample_images, root / "data" / "raw")
-    set_params(root / "params.yaml", TINY_PARAMS)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["variants"] = {PLAIN: raw["variants"][PLAIN]}
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def run_tiny_trial(root: Path) -> TinyTrial:
-    """Every stage of the project at `root` in DAG order, each one watched."""
+def run_tiny_trial(
+    root: Path, upto: str | None = None, after: TinyTrial | None = None
+) -> TinyTrial:
+    """The stage runs of the project at `root` (run from it) in DAG order, each variant's, each
+    watched: up to stage `upto` (default: to the end), after those `after` ran (its reads kept).
+    """
     from ldm.stages import run
 
-    cfg = load(root / "params.yaml")
-    name, entry = ALIGNED
-    raw = cfg.to_dict()
-    raw["variants"][name] = entry
-    aligned = validate_dict(raw, "the tiny trial with an aligned variant")
+    cfg = after.cfg if after else load(root / "params.yaml")
+    order = list(STAGES)
+    last = order.index(upto) if upto else len(order)
+    done = dict(after.reads) if after else {}
+    names = [n for n in stage_names(cfg) if order.index(n.partition("@")[0]) <= last]
     paths, recorder = Paths(root), Recorder(root)
+    recorder.reads = dict(done)
     recorder.watch(cfg)
-    recorder.watch(aligned)
     started = time.perf_counter()
     with recording(recorder):
-        for stage, spec in STAGES.items():
-            if not spec.per_variant:
-                run(stage, cfg, paths)
-                continue
-            run(stage, cfg, paths, PLAIN)
-            if stage == "train_tokenizer":
-                run(stage, aligned, paths, name)
-    return TinyTrial(root, cfg, recorder.reads, time.perf_counter() - started)
-
-
-@pytest.fixture(scope="session")
-def tiny_trial(tmp_path_factory: pytest.TempPathFactory, sample_images: Path) -> TinyTrial:
-    """The tiny project trained once per session, with what each stage read (module docstring)."""
-    root = tmp_path_factory.mktemp("tiny-trial") / "project"
-    make_tiny_project(root, sample_images)
-    before = Path.cwd()
-    os.chdir(root)  # as `ldm <stage>` runs: from the project
-    try:
-        return run_tiny_trial(root)
-    finally:
-        os.chdir(before)
+        for name in names:
+            if name not in done:
+                stage, _, variant = name.partition("@")
+                run(stage, cfg, paths, variant or None)
+    seconds = time.perf_counter() - started + (after.seconds if after else 0.0)
+    return TinyTrial(root, cfg, recorder.reads, seconds)

@@ -33,8 +33,6 @@ from tests.stage_run import (
     recording,
 )
 
-pytest_plugins = ["tests.stage_run"]  # the tiny_trial fixture
-
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
@@ -263,7 +261,7 @@ def test_the_exceptions_are_still_exceptions(tiny_trial: TinyTrial) -> None:
 
 
 VARIANT_FIELDS = sorted(VariantConfig.model_fields)
-VARIANTS = (PLAIN, ALIGNED[0])  # in the order the tiny trial runs them
+VARIANTS = (PLAIN, ALIGNED)  # in the order the tiny trial runs them
 
 
 @pytest.mark.parametrize(
@@ -311,8 +309,11 @@ def test_a_path_read_but_not_declared_fails_the_check(tiny_trial: TinyTrial) -> 
     body(stages, "evaluate")["deps"].remove("data/metrics/reference.json")
     body(stages, "encode")["deps"].append("data/reference/val.npz")
     assert path_problems(stages, tiny_trial) == [
-        "evaluate@plain reads data/metrics/reference.json, which is neither a dep nor an output "
-        "in its dvc.yaml",
+        *(
+            f"evaluate@{variant} reads data/metrics/reference.json, which is neither a dep nor "
+            "an output in its dvc.yaml"
+            for variant in VARIANTS
+        ),
         "encode depends on data/reference/val.npz in dvc.yaml but never reads it",
     ]
 
