@@ -1,4 +1,9 @@
-"""encode, train_diffusion and `ldm sample` as a user runs them."""
+"""encode, train_diffusion and `ldm sample` as a user runs them.
+
+The tiny trial (`tiny_trial`, tests/conftest.py) ran encode and train_diffusion for each
+variant through `ldm.stages.run`, the function `ldm encode` and `ldm train-diffusion` call: what
+they wrote is read here, and `ldm sample` draws from the generator it trained.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from ldm.cli import app
 from ldm.data.latents import open_latents
 from ldm.paths import Paths
 from ldm.records import ConvergenceCurve
+from tests.conftest import copy_outputs
+from tests.stage_run import TinyTrial
 
 runner = CliRunner()
 
@@ -27,16 +34,17 @@ def invoke(*args: str) -> str:
 
 
 @pytest.fixture
-def tokenized(project: Path) -> Path:
-    for command in ("validate", "prepare", "reference"):
-        invoke(command)
-    invoke("train-tokenizer", "--variant", "plain")
-    return project
+def tokenized(prepared_copy: Path, tiny_trial: TinyTrial) -> Path:
+    """A project where the plain variant's tokenizer was trained, and nothing after it."""
+    copy_outputs(tiny_trial.root, prepared_copy, ["data/checkpoints/tokenizer-plain"])
+    return prepared_copy
 
 
-def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) -> None:
-    paths = Paths(tokenized)
-    invoke("encode", "--variant", "plain")
+def test_encode_train_and_sample_one_variant(
+    tiny_trial: TinyTrial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained = tiny_trial.root
+    paths = Paths(trained)
     meta = json.loads((paths.latents("plain") / "meta.json").read_text())
     n_train = json.loads((paths.prepared / "meta.json").read_text())["counts"]["train"]
     assert meta["count"] == 2 * n_train  # every image and its mirror
@@ -50,7 +58,6 @@ def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) ->
     np.testing.assert_allclose(every.mean(dim=(0, 2, 3)), meta["channel_mean"], atol=1e-5)
     assert torch.equal(labels[:n_train], labels[n_train:])  # the mirror images keep their labels
 
-    invoke("train-diffusion", "--variant", "plain")
     release = paths.diffusion("plain")
     config = json.loads((release / "config.json").read_text())
     assert config["model"]["name"] == "T/2" and config["variant"] == "plain"
@@ -61,7 +68,7 @@ def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) ->
     assert [p.step for p in curve.points] == [4]  # sample_every 4 and the last step
     assert curve.points[0].fd > 0 and curve.points[0].compute_hours > 0
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tokenized / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ldm-poc")
     (run,) = client.search_runs(
         [experiment.experiment_id], "attributes.run_name = 'train_diffusion@plain'"
@@ -72,6 +79,7 @@ def test_encode_train_and_sample_one_variant(tokenized: Path, tmp_path: Path) ->
     (point,) = client.get_metric_history(run.info.run_id, "curve/fd_effnet_lite2")
     assert point.step == 4 and point.value == curve.points[0].fd
 
+    monkeypatch.chdir(trained)  # `ldm sample` reads the project and writes only under tmp_path
     grid = tmp_path / "grid.png"
     invoke("sample", str(grid), "--variant", "plain", "-n", "6")
     assert Image.open(grid).size == (6 * 16, 16)

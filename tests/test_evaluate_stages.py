@@ -1,4 +1,9 @@
-"""evaluate and report as a user runs them: the record, the report, the registry."""
+"""evaluate and report as a user runs them: the record, the report, the registry.
+
+The tiny trial (`tiny_trial`, tests/conftest.py) ran every stage of both variants, evaluate
+and report included, through `ldm.stages.run`: the function `ldm evaluate` and `ldm report`
+call. Its outputs are read here; the report is run again, through the CLI, in a copy.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typer.testing import CliRunner
 from ldm.cli import app
 from ldm.paths import Paths
 from ldm.records import EvaluateRecord
+from tests.stage_run import TinyTrial
 
 runner = CliRunner()
 
@@ -22,23 +28,10 @@ def invoke(*args: str) -> str:
     return result.output
 
 
-@pytest.fixture
-def trained(project: Path) -> Path:
-    for command in (
-        "validate",
-        "prepare",
-        "reference",
-        "train-tokenizer",
-        "encode",
-        "train-diffusion",
-    ):
-        invoke(command)
-    return project
-
-
-def test_evaluate_writes_the_record_between_its_reference_lines(trained: Path) -> None:
+def test_evaluate_writes_the_record_between_its_reference_lines(tiny_trial: TinyTrial) -> None:
+    """What `evaluate` wrote for each variant in the tiny trial (read, not changed)."""
+    trained = tiny_trial.root
     paths = Paths(trained)
-    invoke("evaluate")
     for variant in ("plain", "aligned"):
         raw = json.loads(paths.stage_metrics(f"evaluate@{variant}").read_text())
         # Every FD is named after its network in the file itself.
@@ -76,10 +69,13 @@ def test_evaluate_writes_the_record_between_its_reference_lines(trained: Path) -
     assert record_fd > 0
 
 
-def test_report_registers_each_generator_once_and_recommends(trained: Path) -> None:
-    paths = Paths(trained)
-    invoke("evaluate")
-    # Gates any tiny model passes, so that a recommendation is made.
+def test_report_registers_each_generator_once_and_recommends(trial_copy: Path) -> None:
+    """The tiny trial's report registered both generators; `ldm report` run twice more, with
+    gates any tiny model passes so that it recommends one, registers nothing new."""
+    trained, paths = trial_copy, Paths(trial_copy)
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
+    registered = client.search_model_versions("name = 'ldm-generator'")
+    assert sorted(v.tags["variant"] for v in registered) == ["aligned", "plain"]
     invoke("report", "--set", "promotion.gates.staging.max_relative_fd=1000")
     summary = json.loads((paths.reports / "summary.json").read_text())
     assert {v["variant"] for v in summary["variants"]} == {"plain", "aligned"}
@@ -89,8 +85,8 @@ def test_report_registers_each_generator_once_and_recommends(trained: Path) -> N
     registry = json.loads((paths.reports / "registry.json").read_text())
     assert set(registry["versions"]) == {"plain", "aligned"}
     assert registry["candidate"] == registry["versions"][summary["recommended"]]
+    assert set(registry["versions"].values()) == {str(v.version) for v in registered}
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     candidate = client.get_model_version_by_alias("ldm-generator", "candidate")
     assert str(candidate.version) == registry["candidate"]
     assert candidate.tags["variant"] == summary["recommended"]

@@ -1,4 +1,9 @@
-"""train_tokenizer per variant as a user runs it: files, metrics, MLflow records."""
+"""train_tokenizer per variant as a user runs it: files, metrics, MLflow records.
+
+The tiny trial (`tiny_trial`, tests/conftest.py) ran train_tokenizer for each variant through
+`ldm.stages.run`, the function `ldm train-tokenizer` calls per variant: what it wrote is read
+here. The failing commands run in a project of their own that holds the prepared data.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,13 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from ldm import stages
 from ldm.cli import app
+from ldm.config import Config
 from ldm.paths import Paths
+from ldm.stages.result import StageResult
 from ldm.tokenizer.release import load_tokenizer
+from tests.stage_run import TinyTrial
 
 runner = CliRunner()
 QUALITY = ("psnr", "ssim", "rfd_effnet_lite2", "cka_effnet_lite0", "perceptual_effnet_lite2")
@@ -23,17 +32,9 @@ def invoke(*args: str) -> None:
     assert result.exit_code == 0, result.output + result.stderr
 
 
-@pytest.fixture
-def prepared(project: Path) -> Path:
-    invoke("validate")
-    invoke("prepare")
-    invoke("reference")
-    return project
-
-
-def test_both_variants_release_a_self_describing_tokenizer(prepared: Path) -> None:
-    invoke("train-tokenizer")  # every variant: plain, then aligned
-    paths = Paths(prepared)
+def test_both_variants_release_a_self_describing_tokenizer(tiny_trial: TinyTrial) -> None:
+    trained = tiny_trial.root
+    paths = Paths(trained)
     for variant in ("plain", "aligned"):
         folder = paths.tokenizer(variant)
         assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
@@ -52,7 +53,7 @@ def test_both_variants_release_a_self_describing_tokenizer(prepared: Path) -> No
     released = json.loads((paths.tokenizer("aligned") / "config.json").read_text())
     assert released["foundation"] == "effnet_lite0"
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{prepared / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ldm-poc")
     (run,) = client.search_runs(
         [experiment.experiment_id], "attributes.run_name = 'train_tokenizer@aligned'"
@@ -69,13 +70,38 @@ def test_both_variants_release_a_self_describing_tokenizer(prepared: Path) -> No
     assert not client.get_metric_history(plain.info.run_id, "train/vf")  # no VF loss
 
 
-def test_an_unknown_variant_names_the_known_ones(prepared: Path) -> None:
+def test_without_a_variant_the_command_runs_every_variant_in_turn(
+    prepared_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ldm train-tokenizer` hands each variant of params.yaml to `ldm.stages.run`, the function
+    the tiny trial trained them with; `--set` goes along with it."""
+    calls = []
+
+    def run(stage: str, cfg: Config, paths: Paths, variant: str, command: list[str]) -> StageResult:
+        calls.append((stage, variant, command, cfg.tokenizer.steps, paths.root))
+        return StageResult({"psnr": 20.0})
+
+    monkeypatch.setattr(stages, "run", run)
+    invoke("train-tokenizer", "--set", "tokenizer.steps=6")
+    assert calls == [
+        (
+            "train_tokenizer",
+            v,
+            ["train-tokenizer", "--variant", v, "--set", "tokenizer.steps=6"],
+            6,
+            prepared_copy.resolve(),
+        )
+        for v in ("plain", "aligned")
+    ]
+
+
+def test_an_unknown_variant_names_the_known_ones(prepared_copy: Path) -> None:
     result = runner.invoke(app, ["train-tokenizer", "--variant", "nope"])
     assert result.exit_code == 1
     assert "plain" in result.stderr and "aligned" in result.stderr
 
 
-def test_missing_foundation_weights_name_the_setting_and_fallback(prepared: Path) -> None:
+def test_missing_foundation_weights_name_the_setting_and_fallback(prepared_copy: Path) -> None:
     result = runner.invoke(
         app, ["train-tokenizer", "--variant", "aligned", "--set", "align.foundation=dinov2_vitl14"]
     )
