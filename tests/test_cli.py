@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from ldm.cli import app
+from tests.conftest import copy_outputs, make_tiny_project
+from tests.stage_run import TinyTrial
 
 runner = CliRunner()
 HEAVY = ("torch", "mlflow", "prefect", "great_expectations", "dvc", "polars", "PIL")
@@ -66,14 +69,21 @@ def test_bad_set_fails_before_any_work(project: Path) -> None:
     assert not (project / "mlflow.db").exists()
 
 
-def test_validate_then_prepare_write_their_outputs(project: Path) -> None:
-    result = runner.invoke(app, ["validate"])
-    assert result.exit_code == 0, result.output
-    manifest = pl.read_parquet(project / "data/validated/manifest.parquet")
+def test_validate_then_prepare_write_their_outputs(
+    tiny_prepared: TinyTrial, sample_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate's outputs as the tiny trial's `validate` wrote them (through `ldm.stages.run`,
+    what `ldm validate` calls); then `ldm prepare` with a --set, in a project of its own that
+    holds them."""
+    manifest = pl.read_parquet(tiny_prepared.root / "data/validated/manifest.parquet")
     assert manifest.height == 120
-    metrics = json.loads((project / "data/metrics/validate.json").read_text())
+    metrics = json.loads((tiny_prepared.root / "data/metrics/validate.json").read_text())
     assert metrics["n_accepted"] == 120 and metrics["quality_passed"] == 1.0
 
+    project = tmp_path / "project"
+    make_tiny_project(project, sample_images)
+    copy_outputs(tiny_prepared.root, project, ["data/validated", "data/metrics/validate.json"])
+    monkeypatch.chdir(project)
     result = runner.invoke(app, ["prepare", "--set", "data.resolution=24"])
     assert result.exit_code == 0, result.output
     meta = json.loads((project / "data/prepared/meta.json").read_text())

@@ -21,7 +21,8 @@ from ldm.errors import LdmError
 from ldm.paths import Paths
 from ldm.stages import launch
 from ldm.tokenizer.release import load_tokenizer
-from tests.conftest import set_params
+from tests.conftest import PREPARED, copy_outputs, set_params
+from tests.stage_run import TinyTrial
 
 runner = CliRunner()
 RUN_NAME = "attributes.run_name = '{}'"
@@ -64,10 +65,10 @@ def assert_close(ddp: dict[str, torch.Tensor], single: dict[str, torch.Tensor]) 
 
 
 @pytest.fixture
-def prepared(project: Path) -> Path:
-    invoke("validate")
-    invoke("prepare")
-    invoke("reference")
+def prepared(project: Path, tiny_prepared: TinyTrial) -> Path:
+    """A git + DVC project holding what the tiny trial's validate, prepare and reference wrote
+    (the same params: the same files), and no MLflow store yet."""
+    copy_outputs(tiny_prepared.root, project, PREPARED)
     return project
 
 
