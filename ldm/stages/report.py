@@ -92,27 +92,19 @@ def register(
     from ldm.tracking.promotion import set_candidate
     from ldm.tracking.registry import register_generator
 
+    name = cfg.registry.model_name
     versions, candidate = {}, None
     for record in records:
+        tokenizer, diffusion = paths.tokenizer(record.variant), paths.diffusion(record.variant)
         registration = register_generator(
-            paths.root,
-            cfg.registry.model_name,
-            paths.tokenizer(record.variant),
-            paths.diffusion(record.variant),
-            cfg.sample,
-            record,
-            provenance,
+            paths.root, name, tokenizer, diffusion, cfg.sample, record, provenance
         )
         versions[record.variant] = registration.version
         if record.variant == recommended:
             candidate = registration.version
-            set_candidate(
-                paths.root,
-                cfg.registry.model_name,
-                candidate,
-                f"the report recommends {recommended}: it passes the staging gates",
-            )
-    return {"model_name": cfg.registry.model_name, "versions": versions, "candidate": candidate}
+            reason = f"the report recommends {recommended}: it passes the staging gates"
+            set_candidate(paths.root, name, candidate, reason)
+    return {"model_name": name, "versions": versions, "candidate": candidate}
 
 
 def trial_costs(records: list[EvaluateRecord]) -> dict[str, float]:
