@@ -91,10 +91,7 @@ class StageCost(Record):
 
 def total_cost(costs: list[StageCost]) -> StageCost:
     """Stages that ran one after another, as one."""
-    total = costs[0]
-    for cost in costs[1:]:
-        total = total + cost
-    return total
+    return sum(costs[1:], start=costs[0])
 
 
 def trial_cost(records: list[EvaluateRecord]) -> StageCost:
