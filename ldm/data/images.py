@@ -52,8 +52,3 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
     return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes of any supported file -> upright 8-bit RGB image."""
-    return to_rgb(open_image(data, max_pixels))

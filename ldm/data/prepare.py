@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ldm.data.images import decode_rgb
+from ldm.data.images import open_image, to_rgb
 from ldm.data.parallel import ordered_map
 from ldm.data.shards import ShardedArray, ShardWriter
 from ldm.errors import DataError
@@ -69,7 +69,7 @@ def _load_one(task: Task) -> np.ndarray:
         # A changed file would keep its old split and could leak between train and val.
         raise DataError(f"{path}: changed since validation; rerun `ldm validate`")
     try:
-        im = decode_rgb(data, max_pixels=max_pixels)
+        im = to_rgb(open_image(data, max_pixels))
     except Exception as err:  # noqa: BLE001 - any decoder failure means the manifest is stale
         raise DataError(f"{path}: cannot decode ({err}); rerun `ldm validate`") from None
     return np.asarray(center_crop_resize(im, resolution), dtype=np.uint8)
