@@ -10,7 +10,6 @@ it is a demo dataset for checking that the pipeline runs, not for measuring gene
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,11 +89,9 @@ def write_sample(
         folder = out_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            buffer = io.BytesIO()
-            random_view(photo, rng, size).save(buffer, format="JPEG", quality=JPEG_QUALITY)
             # "x" mode: fail rather than overwrite, should anything appear there meanwhile.
             with open(folder / f"{name}-{i:04d}.jpg", "xb") as fh:
-                fh.write(buffer.getvalue())
+                random_view(photo, rng, size).save(fh, format="JPEG", quality=JPEG_QUALITY)
             if progress is not None:
                 progress(1)
         counts[name] = per_class
