@@ -164,14 +164,8 @@ def start_trial_flow(root: Path, overrides: list[str]) -> dict:
     }
     with tempfile.TemporaryDirectory() as scratch:
         result_file = Path(scratch) / "trial.json"
-        command = [
-            sys.executable,
-            "-m",
-            "flows.trial",
-            str(root),
-            "--result-file",
-            str(result_file),
-        ]
+        command = [sys.executable, "-m", "flows.trial", str(root)]
+        command += ["--result-file", str(result_file)]
         command += [arg for override in overrides for arg in ("--set", override)]
         flow = subprocess.run(command, env=env, check=False)
         if flow.returncode != 0 or not result_file.is_file():
