@@ -70,7 +70,10 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
     )
     versions = register(cfg, paths, records, summary.recommended, provenance)
     write_json_atomic(paths.reports / "registry.json", versions)
-    costs = trial_costs(records)
+    # `cost/*` summed over the trial's stages (each once), and `cost/<variant>/*` per variant
+    costs = trial_cost(records).metrics()
+    for record in records:
+        costs |= record.cost.total.metrics(f"cost/{record.variant}/")
     parent = tracking.parent_tracker(paths.root)
     for target in [tracker] + ([parent] if parent is not None else []):
         target.log_metrics(costs)
@@ -105,11 +108,3 @@ def register(
             reason = f"the report recommends {recommended}: it passes the staging gates"
             set_candidate(paths.root, name, candidate, reason)
     return {"model_name": name, "versions": versions, "candidate": candidate}
-
-
-def trial_costs(records: list[EvaluateRecord]) -> dict[str, float]:
-    """`cost/*` summed over the trial's stages (each once), and `cost/<variant>/*` per variant."""
-    flat = trial_cost(records).metrics()
-    for record in records:
-        flat |= record.cost.total.metrics(f"cost/{record.variant}/")
-    return flat
