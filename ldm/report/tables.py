@@ -39,6 +39,14 @@ def cost_section(records: list[EvaluateRecord], s: ReportSummary) -> str:
         rows = _stage_rows(record.cost.stages)
         rows.append(["**total**", *_stage_rows({"": total})[0][1:]])
         parts += [f"### {record.variant}", "", table(columns, rows), ""]
+    value_columns = [
+        "variant",
+        "total cost",
+        "gap closed",
+        "gap closed per USD",
+        "FD gained per compute-hour",
+        "compute unit",
+    ]
     value_rows = [
         [
             v.variant,
@@ -53,17 +61,7 @@ def cost_section(records: list[EvaluateRecord], s: ReportSummary) -> str:
     parts += [
         "### Quality per money",
         "",
-        table(
-            [
-                "variant",
-                "total cost",
-                "gap closed",
-                "gap closed per USD",
-                "FD gained per compute-hour",
-                "compute unit",
-            ],
-            value_rows,
-        ),
+        table(value_columns, value_rows),
         "",
         "- **gap closed** = 1 − relative FD: the share of the way from an untrained generator "
         "(ceiling) to real data (floor) that the variant's generator covered.",
