@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -25,8 +26,6 @@ def print_summary(summary_file: Path) -> None:
     typer.echo(terminal.recommendation)
     registry = summary_file.parent / "registry.json"
     if registry.is_file():
-        import json
-
         versions = json.loads(registry.read_text())
         listed = ", ".join(f"{v} = version {n}" for v, n in versions["versions"].items())
         typer.echo(f"Registered as {versions['model_name']}: {listed}")
