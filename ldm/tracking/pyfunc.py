@@ -205,11 +205,6 @@ def sample_registered(generator: Any, n: int, class_text: str | None, seed: int)
         order = [ids[i % len(ids)] for i in range(n)]
     counts = {c: order.count(c) for c in dict.fromkeys(order)}
     rows = pd.DataFrame({"class_id": list(counts), "n": list(counts.values()), "seed": seed})
-    out = generator.predict(rows)
-    by_key = {(r.class_id, r.index): r.png for r in out.itertuples()}
-    seen: dict[int, int] = {}
-    images = []
-    for c in order:
-        images.append(decode_png(by_key[(c, seen.get(c, 0))]))
-        seen[c] = seen.get(c, 0) + 1
-    return np.stack(images)
+    out = generator.predict(rows).sort_values(["class_id", "index"])
+    pngs = {c: iter(out.png[out.class_id == c]) for c in counts}  # each class's, in index order
+    return np.stack([decode_png(next(pngs[c])) for c in order])
