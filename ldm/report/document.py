@@ -45,15 +45,13 @@ def _verdict(s: ReportSummary) -> str:
     lines = ["## Verdict", ""]
     best = next((v for v in s.variants if v.variant == s.recommended), None)
     if best is None:
-        lines.append("**Not ready.** No variant passes the staging gates:")
-        lines.append("")
-        for name, failed in s.failed_gates.items():
-            lines.append(f"- {name}: " + "; ".join(failed))
-        lines.append("")
-        lines.append(
+        lines += ["**Not ready.** No variant passes the staging gates:", ""]
+        lines += [f"- {name}: " + "; ".join(failed) for name, failed in s.failed_gates.items()]
+        lines += [
+            "",
             "Loosen a gate in `params.yaml` (`promotion.gates.staging`) only if the threshold was "
-            "wrong; otherwise the projection below says what more training would cost."
-        )
+            "wrong; otherwise the projection below says what more training would cost.",
+        ]
         return "\n".join(lines)
     lines.append(
         f"**Recommended: {best.variant}.** Its generator scores gFD {fmt(best.gfd)} "
