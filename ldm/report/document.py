@@ -53,15 +53,13 @@ def _verdict(s: ReportSummary) -> str:
             "wrong; otherwise the projection below says what more training would cost.",
         ]
         return "\n".join(lines)
-    lines.append(
+    lines += [
         f"**Recommended: {best.variant}.** Its generator scores gFD {fmt(best.gfd)} "
         f"({best.gfd_net}), between the floor {fmt(best.fd_floor)} (real images against real "
         f"images) and the ceiling {fmt(best.fd_ceiling)} (an untrained generator): it has closed "
         f"{percent(1 - best.relative_fd)} of that gap. Precision {fmt(best.precision, 2)}, recall "
-        f"{fmt(best.recall, 2)}; the trial cost {usd(best.usd)} for this variant."
-    )
-    lines.append("")
-    lines.append(
+        f"{fmt(best.recall, 2)}; the trial cost {usd(best.usd)} for this variant.",
+        "",
         f"To reach the target gFD {fmt(s.target_fd)}: {best.projection.text}. "
         + (
             "It also passes the production gates (promotion requires staging first)."
@@ -69,8 +67,8 @@ def _verdict(s: ReportSummary) -> str:
             else "It does not yet pass the production gates: "
             + "; ".join(g.text for g in best.production if not g.passed)
             + "."
-        )
-    )
+        ),
+    ]
     return "\n".join(lines)
 
 
