@@ -173,7 +173,7 @@ def project(tmp_path: Path, sample_images: Path, monkeypatch: pytest.MonkeyPatch
     return root
 
 
-# What validate, prepare and reference write: a project holding them is ready to train.
+# What validate, prepare and reference leave in a project: their outputs and MLflow runs.
 PREPARED = (
     "data/validated",
     "data/prepared",
@@ -181,6 +181,8 @@ PREPARED = (
     "data/metrics/validate.json",
     "data/metrics/prepare.json",
     "data/metrics/reference.json",
+    "mlflow.db",
+    "mlartifacts",
 )
 
 
@@ -188,35 +190,57 @@ PREPARED = (
 def tiny_prepared(
     tmp_path_factory: pytest.TempPathFactory, sample_images: Path
 ) -> Iterator[TinyTrial]:
-    """The tiny trial's first stages, run once per session: validate, prepare and reference of a
-    tiny project (`make_tiny_project`), in this process through `ldm.stages.run`, the function
-    each `ldm <stage>` command calls, with what each stage read (tests/stage_run.py). `tiny_trial`
-    goes on from here. Read its PREPARED outputs, or take `prepared_copy`; writing into them
-    fails the session."""
+    """A tiny project (`make_tiny_project`) after validate, prepare and reference, run once per
+    session in this process through `ldm.stages.run`, the function each `ldm <stage>` command
+    calls, each stage watched (tests/stage_run.py). Read it, or take `prepared_copy` (or
+    `copy_outputs` PREPARED) to go on from it; writing into it fails the session."""
     from tests.stage_run import run_tiny_trial
 
-    root = tmp_path_factory.mktemp("tiny-trial") / "project"
+    root = tmp_path_factory.mktemp("tiny-prepared") / "project"
     make_tiny_project(root, sample_images)
     with working_directory(root):  # as `ldm <stage>` runs: from the project
         prepared = run_tiny_trial(root, upto="reference")
-    with unchanged(root, PREPARED):
+    with unchanged(root):
         yield prepared
 
 
 @pytest.fixture(scope="session")
-def tiny_trial(tiny_prepared: TinyTrial) -> Iterator[TinyTrial]:
-    """The tiny project trained and evaluated once per session: after `tiny_prepared`, every
-    other stage of both variants, then the report, run as `tiny_prepared` runs them (so through
-    `ldm.stages.run`, watched). Shared by every test that uses it: read it
-    (`Paths(tiny_trial.root)`, its `mlflow.db`), or take `trial_copy` to change it; writing into
-    it fails the session."""
+def tiny_trial(
+    tiny_prepared: TinyTrial, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TinyTrial]:
+    """The tiny project trained and evaluated once per session: a copy of `tiny_prepared` where
+    every other stage of both variants, then the report, ran as there (through
+    `ldm.stages.run`, watched; `reads` holds every run's). Read it (`Paths(tiny_trial.root)`, its
+    `mlflow.db`), or take `trial_copy` to change it; writing into it fails the session."""
     from tests.stage_run import run_tiny_trial
 
-    root = tiny_prepared.root
+    root = tmp_path_factory.mktemp("tiny-trial") / "project"
+    copy_project(tiny_prepared.root, root)
     with working_directory(root):
         trial = run_tiny_trial(root, after=tiny_prepared)
     with unchanged(root):
         yield trial
+
+
+@pytest.fixture
+def trial_copy(tiny_trial: TinyTrial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own copy of the tiny trial's project, MLflow store included, as cwd."""
+    root = tmp_path / "project"
+    copy_project(tiny_trial.root, root)
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def prepared_copy(
+    tiny_prepared: TinyTrial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """This test's own copy of `tiny_prepared`, as cwd: as if it had run validate, prepare and
+    reference itself (their runs in its MLflow store), and nothing after them."""
+    root = tmp_path / "project"
+    copy_project(tiny_prepared.root, root)
+    monkeypatch.chdir(root)
+    return root
 
 
 @contextmanager
@@ -230,65 +254,49 @@ def working_directory(folder: Path) -> Iterator[None]:
 
 
 @contextmanager
-def unchanged(root: Path, outputs: Iterable[str] = ("",)) -> Iterator[None]:
-    """Fails, as it ends, if any file under `outputs` (paths relative to `root`; default: all)
-    was written, added or removed meanwhile."""
-    before = file_stamps(root, outputs)
+def unchanged(root: Path) -> Iterator[None]:
+    """Fails, as it ends, if any file under `root` was written, added or removed meanwhile."""
+    before = file_stamps(root)
     yield
-    after = file_stamps(root, outputs)
+    after = file_stamps(root)
     changed = sorted(
         name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
     )
     if changed:
-        pytest.fail(f"a test wrote into the shared tiny trial (copy it to change it): {changed}")
+        pytest.fail(f"a test wrote into {root}, shared by the session (copy it): {changed}")
 
 
-def file_stamps(root: Path, outputs: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """Size and modification time of every file under `outputs` of `root`, by relative path."""
+def file_stamps(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under `root`, by relative path."""
     stamps = {}
-    for output in outputs:
-        top = root / output
-        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
-            if path.is_file():
-                stat = path.stat()
-                stamps[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    for path in root.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            stamps[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
     return stamps
 
 
-@pytest.fixture
-def trial_copy(tiny_trial: TinyTrial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test's own copy of the tiny trial's project, MLflow store included, as cwd."""
-    root = tmp_path / "project"
-    shutil.copytree(tiny_trial.root, root, symlinks=True)
-    move_mlflow_store(tiny_trial.root, root)
-    monkeypatch.chdir(root)
-    return root
-
-
-@pytest.fixture
-def prepared_copy(
-    tiny_prepared: TinyTrial, tmp_path: Path, sample_images: Path, monkeypatch: pytest.MonkeyPatch
-) -> Path:
-    """A tiny project holding what the tiny trial's validate, prepare and reference wrote, and
-    nothing after them (no MLflow store either), as cwd: as if this test had run the three."""
-    root = tmp_path / "project"
-    make_tiny_project(root, sample_images)
-    copy_outputs(tiny_prepared.root, root, PREPARED)
-    monkeypatch.chdir(root)
-    return root
+def copy_project(source: Path, root: Path) -> None:
+    """A whole project; its MLflow store then names the copy's own artifacts."""
+    shutil.copytree(source, root, symlinks=True)
+    move_mlflow_store(source, root)
 
 
 def copy_outputs(source: Path, root: Path, outputs: Iterable[str]) -> None:
-    """Stage outputs (paths relative to the project) from one project into another that has the
-    same params.yaml, where the same stages would have written the same files."""
+    """Outputs (paths relative to the project) from one project into another that has the same
+    params.yaml, where the same stages would have written the same files. A copied `mlflow.db`
+    names the copy's own artifacts (copy `mlartifacts` along)."""
     if (source / "params.yaml").read_text() != (root / "params.yaml").read_text():
         raise ValueError(f"{root} has other params than {source}: its outputs would differ")
+    outputs = tuple(outputs)
     for output in outputs:
         (root / output).parent.mkdir(parents=True, exist_ok=True)
         if (source / output).is_dir():
             shutil.copytree(source / output, root / output, symlinks=True)
         else:
             shutil.copy2(source / output, root / output)
+    if "mlflow.db" in outputs:
+        move_mlflow_store(source, root)
 
 
 # Where an MLflow sqlite store names artifacts: absolute paths or file URIs into its project.

@@ -4,8 +4,8 @@
 both variants of the repo's params.yaml) in DAG order in this process through
 `ldm.stages.run`, as `ldm <stage>` does (MLflow runs in `mlflow.db`, metrics files, the
 report, the registry). The fixtures `tiny_prepared` (validate, prepare, reference) and
-`tiny_trial` (the rest, in the same project) in tests/conftest.py run it once per session and
-share the project with every test that uses it: read it, or copy it to change it.
+`tiny_trial` (the rest, in a copy of it) in tests/conftest.py run it once per session and share
+their projects with every test that uses them: read them, or copy them to change them.
 
 While a stage's own function runs (not the runner around it), `Recorder` notes what it reads:
 - config keys, as dotted `params.yaml` names: a field read from the Config or any section

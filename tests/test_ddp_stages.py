@@ -66,8 +66,8 @@ def assert_close(ddp: dict[str, torch.Tensor], single: dict[str, torch.Tensor]) 
 
 @pytest.fixture
 def prepared(project: Path, tiny_prepared: TinyTrial) -> Path:
-    """A git + DVC project holding what the tiny trial's validate, prepare and reference wrote
-    (the same params: the same files), and no MLflow store yet."""
+    """A git + DVC project holding what the tiny trial's validate, prepare and reference left
+    (the same params: the same files), their MLflow runs included."""
     copy_outputs(tiny_prepared.root, project, PREPARED)
     return project
 
