@@ -106,13 +106,11 @@ def scan(
     return pl.DataFrame(rows, schema=SCHEMA).sort("path")
 
 
-def _write_atomic(
-    frame: pl.DataFrame, path: Path, write: Callable[[pl.DataFrame, Path], Any]
-) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     """Write to a temp name in the same folder, then rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(frame, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -125,8 +123,8 @@ def write_tables(files: pl.DataFrame, out_dir: Path) -> tuple[Path, Path]:
     accepted = files.filter(pl.col("status") == "accepted")
     rejected = files.filter(pl.col("status") != "accepted")
     manifest_path, rejected_path = out_dir / "manifest.parquet", out_dir / "rejected.csv"
-    _write_atomic(accepted, manifest_path, lambda f, p: f.write_parquet(p))
-    _write_atomic(rejected, rejected_path, lambda f, p: f.write_csv(p))
+    _write_atomic(manifest_path, accepted.write_parquet)
+    _write_atomic(rejected_path, rejected.write_csv)
     return manifest_path, rejected_path
 
 
