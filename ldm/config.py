@@ -255,7 +255,9 @@ class Config(Section):
         return self
 
     def variant(self, name: str) -> ResolvedVariant:
-        """A variant with its nulls filled in from the `align` section (KeyError if unknown)."""
+        """A variant with its nulls filled in from the `align` section."""
+        if name not in self.variants:
+            raise KeyError(name)
         v, align = self.variants[name], self.align
         return ResolvedVariant(
             name=name,
