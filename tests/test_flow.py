@@ -124,6 +124,8 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
         "evaluate@plain",
         "report",
     ]
+    evaluated = json.loads((project / "data/metrics/evaluate@plain.json").read_text())
+    assert evaluated["generation"]["nearest_k"] == 2
     second_id = parent_id_of(changed.stdout)
     assert second_id != parent_id
     second = trial_runs(project)[second_id]
