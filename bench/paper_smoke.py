@@ -69,7 +69,7 @@ def write_prepared(folder: Path, n: int, side: int, val_fraction: float) -> None
     splits = [prep.split_of(r["sha256"], val_fraction) for r in rows]
     class_map = {f"class{c}": c for c in range(CLASSES)}
     totals = {s: splits.count(s) for s in prep.SPLITS}
-    writers = {s: prep._SplitWriter(folder / s, totals[s], n, side) for s in prep.SPLITS}
+    writers = {s: prep._SplitWriter(folder / s, totals[s], n) for s in prep.SPLITS}
     for image, row, split in zip(images, rows, splits, strict=True):
         writers[split].add(image, row, class_map[row["class"]])
     for writer in writers.values():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -26,6 +25,7 @@ from ldm.data.images import open_image, to_rgb
 from ldm.data.parallel import ordered_map
 from ldm.data.shards import ShardedArray, ShardWriter
 from ldm.errors import DataError
+from ldm.files import swap_in
 
 SPLITS = ("train", "val")
 LAYOUT = "NHWC uint8"
@@ -96,7 +96,7 @@ def _read_manifest(manifest_path: Path) -> list[dict[str, Any]]:
 class _SplitWriter(ShardWriter):
     """One split's images in shards, and its files.csv: index, path, class, label, sha256."""
 
-    def __init__(self, folder: Path, total: int, shard_size: int, resolution: int) -> None:
+    def __init__(self, folder: Path, total: int, shard_size: int) -> None:
         # A split smaller than a shard holds only its own images in memory.
         super().__init__(folder, min(shard_size, total), "images")
         self.rows: list[tuple[int, str, str, int, str]] = []
@@ -111,17 +111,6 @@ class _SplitWriter(ShardWriter):
             out = csv.writer(fh, lineterminator="\n")
             out.writerow(["index", "path", "class", "label", "sha256"])
             out.writerows(self.rows)
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by the complete `tmp`; the old folder goes only once the new one is in."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, old / "prev")
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old)
 
 
 def prepare(
@@ -154,7 +143,7 @@ def prepare(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        writers = {s: _SplitWriter(tmp / s, totals[s], shard_size, resolution) for s in SPLITS}
+        writers = {s: _SplitWriter(tmp / s, totals[s], shard_size) for s in SPLITS}
         tasks: list[Task] = [
             (str(Path(raw_dir) / r["path"]), r["sha256"], r["width"] * r["height"] + 1, resolution)
             for r in rows
@@ -167,7 +156,7 @@ def prepare(
         meta = _meta(rows, splits, writers, class_map, resolution, val_fraction, shard_size)
         text = json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         (tmp / "meta.json").write_text(text, encoding="utf-8")
-        _swap_in(tmp, out_dir)
+        swap_in(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

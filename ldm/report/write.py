@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ldm.config import CostConfig, GatesConfig, ReportConfig
 from ldm.errors import LdmError
+from ldm.files import swap_in
 from ldm.records import ConvergenceCurve, EvaluateRecord, trial_cost
 from ldm.report.charts import convergence_chart, tradeoff_chart
 from ldm.report.document import CONVERGENCE_PNG, TRADEOFF_PNG, ReportInputs, markdown
@@ -103,18 +104,3 @@ def write_report(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-
-
-def swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by the complete `tmp`; the old folder goes only once the new one is in."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
