@@ -31,6 +31,8 @@ bench: $(STAMP)  ## the quick CPU benchmarks, one after the other (not part of t
 	$(BIN)/python bench/dit_throughput.py
 	@echo "== bench/tokenizer_throughput.py: tokenizer encode+decode against diffusers' AutoencoderKL"
 	$(BIN)/python bench/tokenizer_throughput.py
+	@echo "== bench/fd_bootstrap.py: Frechet distance from the rows against the covariances, and its bootstrap"
+	$(BIN)/python bench/fd_bootstrap.py
 	@echo "== not run here: bench/memory.py, bench/trial_time.py, bench/gpu_check.sh (see each)"
 
 lint: $(STAMP)

@@ -1,7 +1,9 @@
 """Measuring images and feature sets: torch and numpy functions, no networks of their own.
 
 - `pixels`: PSNR and SSIM per image.
-- `frechet`: Frechet distance of feature sets, overall and per class.
+- `frechet`: Frechet distance of feature sets, overall and per class; fast and exact from the
+  rows when there are fewer rows than dimensions, and draw after draw for resampling.
+- `bootstrap`: bootstrap standard errors and intervals of an FD and of a paired difference.
 - `manifold`: precision, recall, density and coverage (k-NN manifold estimates).
 - `extract`: features of many images, batch by batch, through a frozen `FeatureNet`.
 
