@@ -9,6 +9,7 @@ timed before and after the trial (training steps of the default tokenizer and Di
 fast this machine was meanwhile, since a shared machine's speed drifts from day to day.
 
     .venv/bin/python bench/trial_time.py [--keep DIR] [--set section.key=value ...]
+    .venv/bin/python bench/trial_time.py --data ~/images   # a trial on your own images
     .venv/bin/python bench/trial_time.py --smoke     # a toy trial: the wiring, not the timing
 
 Wall times are absolute seconds on this machine: run it with nothing else on the cores.
@@ -17,6 +18,8 @@ Wall times are absolute seconds on this machine: run it with nothing else on the
 model, a one-step probe). It still runs every stage of the pipeline in its own process through
 Prefect and DVC, twice the trial with the re-run, so it takes minutes on 2 busy cores, not
 seconds: what it checks is that the script works end to end, not how long a trial takes.
+`tests/test_flow.py` runs it (on the tests' small image set, `--data`) as the first trial of
+its `ldm run` test, and reads the outputs `--log` keeps.
 """
 
 from __future__ import annotations
@@ -70,6 +73,13 @@ def fresh_copy(target: Path) -> None:
     env |= {"GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "x"]):
         subprocess.run(command, cwd=target, check=True, env=env, capture_output=True)
+
+
+def copy_images(source: Path, project: Path) -> None:
+    """The images of `source` as the project's data/raw (copied: the originals stay untouched)."""
+    if not source.is_dir():
+        sys.exit(f"--data {source}: not a folder of images (sub-folders = classes)")
+    shutil.copytree(source, project / "data" / "raw")
 
 
 def timed_run(project: Path, args: list[str]) -> tuple[float, str]:
@@ -141,6 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--data", type=Path, help="trial these images (default: the sample)")
+    parser.add_argument("--log", type=Path, help="write both runs' output into this folder")
     parser.add_argument("--smoke", action="store_true", help="a toy trial: the wiring only")
     args = parser.parse_args()
     probe = (1, 1) if args.smoke else PROBE_STEPS
@@ -148,13 +160,19 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         fresh_copy(folder)
+        if args.data is not None:
+            copy_images(args.data, folder)
         overrides = smoke_overrides(folder) if args.smoke else []
         overrides += args.overrides
         probe_before = probe_seconds(probe)
         extra = [a for o in overrides for a in ("--set", o)]
-        total, _ = timed_run(folder, extra)
+        total, first_output = timed_run(folder, extra)
         own = stage_seconds(folder)
         rerun, rerun_output = timed_run(folder, [])
+        if args.log is not None:
+            args.log.mkdir(parents=True, exist_ok=True)
+            (args.log / "first-run.txt").write_text(first_output)
+            (args.log / "rerun.txt").write_text(rerun_output)
         probe_after = probe_seconds(probe)
     finally:
         if args.keep is None:

@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny project in tmp_path (the repo's dvc.yaml, params.yaml and code, a
 small real image folder), one tiny trial trained per session that the stage tests read or copy,
-and one Prefect test server per session for the flow tests."""
+one `ldm run` trial per session that the flow tests copy, and one Prefect test server per
+session for them."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -11,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -363,6 +366,44 @@ def ldm_run(project: Path, *args: str, env: dict[str, str] | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+# The first `ldm run` trial of the tests is `bench/trial_time.py --smoke` (so the benchmark
+# cannot rot unseen, without a second toy trial): its toy settings on the tests' images, and
+# what the tests need on top (align phases that fit two steps, gates a toy model passes).
+FIRST_TRIAL = {
+    "prepare.shard_size": 50,
+    "promotion.gates.staging.max_relative_fd": 1000.0,
+    "align.phases": TINY_PARAMS["align.phases"],
+}
+
+
+@dataclass(frozen=True)
+class BenchTrial:
+    root: Path  # a git + DVC project after one `ldm run` and its no-change re-run
+    table: str  # what the benchmark printed
+    first: str  # the first `ldm run`'s output
+    rerun: str  # the re-run's
+
+
+@pytest.fixture(scope="session")
+def bench_trial(tmp_path_factory: pytest.TempPathFactory, sample_images: Path) -> BenchTrial:
+    """`bench/trial_time.py --smoke` on the tests' images with FIRST_TRIAL, once per session.
+    Copy its `root` (`copy_project`) to change it."""
+    folder = tmp_path_factory.mktemp("bench-trial")
+    root, logs = folder / "project", folder / "logs"
+    sets = [f"--set={key}={json.dumps(value)}" for key, value in FIRST_TRIAL.items()]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "trial_time.py"), "--smoke", "--keep", str(root)]
+        + ["--data", str(sample_images), "--log", str(logs), *sets],
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, rerun = ((logs / name).read_text() for name in ("first-run.txt", "rerun.txt"))
+    return BenchTrial(root, done.stdout, first, rerun)
 
 
 def one_variant(project: Path, **sets: object) -> None:

@@ -16,7 +16,7 @@ from flows.stage_run import StageFailed
 from flows.trial import is_transient
 from ldm.config import load
 from ldm.stages import stage_names
-from tests.conftest import ldm_run, one_variant
+from tests.conftest import BenchTrial, copy_project, ldm_run
 
 pytestmark = pytest.mark.slow
 
@@ -65,26 +65,44 @@ def dvc(root: Path, *args: str) -> str:
 
 
 def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_what_changed(
-    project: Path, prefect_server
+    bench_trial: BenchTrial, tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    one_variant(project, **{"promotion.gates.staging.max_relative_fd": 1000.0})
+    # The first trial and its re-run are the benchmark's (`bench_trial`); the rest, on a copy.
+    project, table = tmp_path / "project", bench_trial.table
+    copy_project(bench_trial.root, project)
+    monkeypatch.chdir(project)
     names = stage_names(load(project / "params.yaml"))
-    first = ldm_run(project, "--set", "prepare.shard_size=50")
-    assert first.returncode == 0, first.stdout + first.stderr
-    out, lines = first.stdout, first.stdout.splitlines()
+    assert names[0] == "validate" and "train_diffusion@plain" in names
+
+    # The benchmark's table: each stage run's own wall time, the overhead, the re-run.
+    lines = table.splitlines()
+    assert lines[0].split() == ["stage", "wall", "s"], table
+    end = next(i for i, line in enumerate(lines) if line.startswith("stages, sum"))
+    rows = dict(line.rsplit(None, 1) for line in lines[1:end])  # stage run -> wall seconds
+    assert sorted(rows) == sorted(names), table
+    # Each its own wall time (a toy prepare may round to 0.0 s), and they add up.
+    assert all(float(seconds) >= 0 for seconds in rows.values()), table
+    total = float(lines[end].rsplit(None, 1)[1])
+    assert total > 0 and abs(total - sum(map(float, rows.values()))) <= 0.05 * len(rows), table
+    for row in ("orchestration", "trial (ldm run)", "re-run, no change", "machine probe"):
+        assert any(line.startswith(row) for line in lines), table
+    assert "note: the re-run ran stages" not in table, table  # nothing changed, nothing ran
+
+    out = bench_trial.first
+    lines = out.splitlines()
     # --set is written into params.yaml first, so that DVC and the records agree on what ran.
-    assert "prepare.shard_size: 64 -> 50" in out
+    assert "prepare.shard_size: 1024 -> 50" in out
     assert "shard_size: 50" in (project / "params.yaml").read_text()
     # Every stage ran, in DAG order, and the terminal lists them.
     listed = stage_list(out, names)
     assert list(listed) == names and set(listed.values()) == {"ran"}
     # The stages' own lines reach the terminal as they come, without DVC's git hints.
-    assert any(line.strip().startswith("train_tokenizer@plain  4/4") for line in lines)
+    assert any(line.strip().startswith("train_tokenizer@plain  2/2") for line in lines)
     assert "git add" not in out and "autostage" not in out and "Traceback" not in out
     # It ends with the answer: the table, the recommendation, the report and the run.
     assert "Trial answer" in out and "recommended: plain" in out
     assert "ldm promote 1 --to staging" in out
-    assert f"Report: {project / 'data/reports/report.html'}" in out
+    assert f"Report: {bench_trial.root / 'data/reports/report.html'}" in out
 
     # One MLflow run per stage, each nested under the trial's run, which records the trial.
     parent_id = parent_id_of(out)
@@ -105,12 +123,12 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
     assert set(lock["stages"]) == set(names)
     assert json.loads((project / "data/prepared/meta.json").read_text())["resolution"] == 16
 
-    # Nothing changed: no stage runs, no new trial run clutters MLflow, the answer is shown again.
-    again = ldm_run(project)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "Nothing changed since the last trial: no stage ran." in again.stdout
-    assert "Trial answer" in again.stdout
-    assert not any(line.split()[-1:] == ["ran"] for line in again.stdout.splitlines())
+    # Nothing changed (the benchmark's re-run): no stage runs, no new trial run clutters MLflow,
+    # the answer is shown again.
+    again = bench_trial.rerun
+    assert "Nothing changed since the last trial: no stage ran." in again
+    assert "Trial answer" in again
+    assert not any(line.split()[-1:] == ["ran"] for line in again.splitlines())
     assert list(trial_runs(project)) == [parent_id]
 
     # A changed param reruns exactly the stages that read it, and what depends on their output:
