@@ -17,6 +17,7 @@ import contextvars
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from pathlib import Path
 from prefect.logging import get_run_logger
 
 from ldm import tracking
+from ldm.errors import Interrupted
 
 # DVC's advice after each stage (git add dvc.lock, autostage, dvc push) is for people running it
 # by hand; repeated after every stage of a trial it buries the progress.
@@ -37,6 +39,8 @@ SKIPPED = re.compile(r"Stage '.*' didn't change, skipping")
 # The stages' own lines go to Prefect's log under this name, so that a trial can follow a stage
 # that runs on another host (flows/pool.py) by its lines alone.
 STAGE_LOG = "stage"
+# How an `ldm` stage's line starts when a signal stopped it (ldm/cli/stages.py).
+INTERRUPTED = "interrupted during"
 
 
 class StageFailed(RuntimeError):
@@ -82,7 +86,7 @@ def dvc(
     caller's context, so Prefect's run logger works there).
 
     On a timeout (subprocess.TimeoutExpired) or an interruption it stops DVC and everything it
-    started, then raises.
+    started (`stop_tree`), shows their last lines, then raises.
     """
     # Same process group as the trial: Ctrl+C, a closed terminal or a kill of the group reach
     # DVC too, so no stage can outlive its trial and write beside the next one.
@@ -110,34 +114,57 @@ def dvc(
             out, err = "\n".join(lines), ""
     except BaseException:  # a timeout, Ctrl+C or a cancelled flow (a stage resumes later)
         stop_tree(proc)  # dvc, `ldm <stage>` and its workers
+        if each_line is not None:
+            reader.join(timeout=2)  # the stage's last words: where it stopped
         raise
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
-def stop_tree(proc: subprocess.Popen) -> None:
-    """Terminate a process and everything it started, then reap it."""
+# How long a stopped stage may take to end by itself before it is killed: an `ldm` stage marks
+# its MLflow run and prints where it stopped in about a second, and the whole trial must be gone
+# within 10 s of Ctrl-C.
+STOP_GRACE_S = 6.0
+
+
+def stop_tree(proc: subprocess.Popen) -> bool:
+    """Stop a process and everything it started, then reap it; True if all ended by themselves.
+
+    SIGINT, as Ctrl-C in a terminal would send it to each of them: `dvc` waits for its stage
+    command and records the failure, `ldm <stage>` stops where it is (its last resume point
+    stands), torchrun stops its ranks. Whatever still runs after STOP_GRACE_S is killed.
+    """
     import psutil
 
     try:
-        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
     for member in family:
         with contextlib.suppress(psutil.NoSuchProcess):
-            member.terminate()
-    _, alive = psutil.wait_procs(family, timeout=30)
+            member.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(family, timeout=STOP_GRACE_S)
     for member in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
     proc.wait()
+    return not alive
 
 
 def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool:
-    """`dvc repro --single-item <stage>`, its output shown as it comes; True if it ran."""
+    """`dvc repro --single-item <stage>`, its output shown as it comes; True if it ran.
+
+    Interrupted, it stops DVC and the stage; the stage says where it stopped (or this says that
+    it stopped before the stage's own code ran), and the interruption goes on up, marked as said.
+    """
+    said: list[str] = []
 
     def show(line: str) -> None:
+        if said:  # the stage said where it stopped: DVC's "failed to reproduce" adds nothing
+            return
         if not DVC_HINTS.match(line):
             note(line)
+        if line.startswith(INTERRUPTED):
+            said.append(line)
 
     try:
         done = dvc(
@@ -145,6 +172,11 @@ def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool
         )
     except subprocess.TimeoutExpired:
         raise StageFailed(stage, None, f"timed out after {timeout_s / 60:.0f} min") from None
+    except Interrupted as err:
+        if not said:
+            note(f"interrupted while DVC prepared {stage}: run `ldm run` to go on")
+        err.said = True
+        raise
     lines = done.stdout.splitlines()
     if done.returncode != 0:
         found = re.findall(r"exited with (-?\d+)", done.stdout)

@@ -13,7 +13,11 @@ come, printed by flows/stage_run.py; Prefect's log gets the same lines.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.pool import check_setup, run_on_pool
 from flows.stage_run import StageFailed, repro, say, stage_env
 from ldm import config, tracking
+from ldm.errors import Interrupted, stop_on_signals
 from ldm.stages import stage_names
 
 # `ldm <stage>` exits 1 when the data or setup needs a fix and 2 on a bad config: retrying those
@@ -55,6 +60,14 @@ def run_stage(
             ran = run_on_pool(Path(root), stage, pool, parent_run_id, timeout_s)
         else:
             ran = repro(Path(root), stage, stage_env(parent_run_id), timeout_s)
+    except Interrupted as err:
+        if pool and not getattr(err, "said", False):
+            say(
+                f"interrupted during {stage}: its flow run on {pool!r} is cancelled; "
+                "run `ldm run` to go on"
+            )
+            err.said = True
+        raise
     except StageFailed as err:
         say(f"! {err}")
         raise
@@ -97,6 +110,11 @@ def trial(root: str, overrides: list[str] | None = None) -> dict:
                 outcome[stage] = stage_task(
                     root, stage, tracker.run_id, timeout_s, pool if stage in remote else None
                 )
+            except Interrupted as err:
+                if not getattr(err, "said", False):  # between two stages
+                    say(f"interrupted before {stage}: run `ldm run` to go on")
+                tracker.set_tags({tag_key(stage): "interrupted"})
+                raise
             except StageFailed as err:
                 tracker.set_tags({tag_key(stage): "failed", "ldm.failed_stage": stage})
                 tracker.set_tags({"ldm.error": str(err)[:4000]})
@@ -120,7 +138,8 @@ def trial(root: str, overrides: list[str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.trial ROOT [--set K=V ...] [--result-file PATH]`: what `ldm run` starts.
 
-    Exits with the failed stage's code class: 1 data or setup, 2 config, 3 anything else.
+    Exits with the failed stage's code class: 1 data or setup, 2 config, 3 anything else; 130
+    when interrupted (`ldm run` sends SIGINT for Ctrl-C and SIGTERM alike, see ldm/cli/trial.py).
     """
     import argparse
 
@@ -129,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--result-file", help="write the flow's result here as JSON")
     args = parser.parse_args(argv)
-    state = trial(args.root, args.overrides, return_state=True)
+    stop_with_parent()
+    try:
+        with stop_on_signals():
+            state = trial(args.root, args.overrides, return_state=True)
+    except Interrupted as err:
+        # Prefect's own shutdown messages (the run's Crashed state and its events) are for its
+        # API and log, not for the person who pressed Ctrl-C: the stage's line said it all.
+        quiet_prefect_console(Path(args.root))
+        return err.exit_code
     if not state.is_completed():
         try:
             state.result()
@@ -143,6 +170,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.result_file:
         Path(args.result_file).write_text(json.dumps(outcome, indent=2))
     return 0
+
+
+def stop_with_parent() -> None:
+    """Interrupt this trial when the process that started it (`ldm run`) is gone.
+
+    `ldm run` starts the flow in a session of its own so that a terminal's Ctrl-C reaches the
+    flow once, through `ldm run`, and not the Prefect server beside it; a killed `ldm run` can
+    then no longer take the flow with it, so the flow watches for that itself.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
+def quiet_prefect_console(root: Path) -> None:
+    """From now on, Prefect's console lines go to `.ldm/prefect-shutdown.log` instead."""
+    (root / ".ldm").mkdir(exist_ok=True)
+    log = logging.FileHandler(root / ".ldm" / "prefect-shutdown.log")
+    log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for logger in (logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)):
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and handler.stream in (
+                sys.stderr,
+                sys.stdout,
+            ):
+                logger.removeHandler(handler)
+                logger.addHandler(log)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,15 @@
-"""Errors a user can act on. The CLI prints their message (no traceback) and exits non-zero."""
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits non-zero.
+
+Also how a command is stopped: `Interrupted`, raised by `stop_on_signals` on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class LdmError(Exception):
@@ -15,3 +26,51 @@ class WeightsMissing(LdmError):
     Nothing is downloaded at run time: the message names the file, the setting that points at
     it, and the setting that selects a packaged network instead.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP reached the command: it stops, keeping what it finished.
+
+    A KeyboardInterrupt, so that everything that cleans up after Ctrl-C (an MLflow run marked
+    KILLED, a temporary checkpoint folder removed) does the same for a cancelled job.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a command that a signal stopped."""
+        return 128 + self.signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within: the first of STOP_SIGNALS raises Interrupted; a second, even after the block,
+    ends the process at once.
+
+    Python raises KeyboardInterrupt on SIGINT alone and dies silently on SIGTERM, so a cancelled
+    job would skip every cleanup; the second signal is the user's "stop now" during that cleanup.
+    """
+    caught: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if caught:
+            os._exit(128 + caught[0])
+        caught.append(signum)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; it receives the signals anyway
+        return
+    before = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        if not caught:  # once stopping, the process stays "stop now" on a second signal
+            for signum, previous in before.items():
+                signal.signal(signum, previous)

@@ -19,6 +19,15 @@ from typing import Protocol
 
 PLAIN_EVERY_S = 10.0  # under the 15 s a log reader waits before wondering whether it hangs
 
+# How far each loop of this process got, by its description: what an interrupted stage reports
+# ("interrupted during train_diffusion@plain at step 622").
+_reached: dict[str, int] = {}
+
+
+def reached(description: str) -> int | None:
+    """The count the loop named `description` last reported in this process, if it ran."""
+    return _reached.get(description)
+
 
 class Advance(Protocol):
     def __call__(self, n: int = 1, *, already_done: bool = False, **status: float) -> None: ...
@@ -64,6 +73,7 @@ class PlainLines:
             self.done += n
             self.already += n if already_done else 0
             self.status.update(status)
+            _reached[self.description] = self.done
         if time.monotonic() - self.last_line >= PLAIN_EVERY_S:
             self._print()
 
@@ -127,10 +137,12 @@ def progress_bar(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    _reached[description] = 0
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task(description, total=total, status="")
 
         def advance(n: int = 1, *, already_done: bool = False, **status: float) -> None:
+            _reached[description] = _reached.get(description, 0) + n
             if already_done:  # restart the clock at that count: rich's speed counts from here
                 done = next(t.completed for t in progress.tasks if t.id == task)
                 progress.reset(task, completed=int(done) + n)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from ldm.cli.common import (
     fail,
     open_project,
 )
-from ldm.errors import LdmError
+from ldm.errors import Interrupted, LdmError, stop_on_signals
+from ldm.paths import Paths
 
 
 def run_stage(
@@ -31,8 +34,14 @@ def run_stage(
     command = [stage.replace("_", "-"), *(["--variant", variant] if variant else [])]
     command += [*(["--params", str(params.resolve())] if params else [])]
     command += [arg for text in overrides or [] for arg in ("--set", text)]
+    name = f"{stage}@{variant}" if variant else stage
     try:
-        result = stages.run(stage, cfg, paths, variant, command)
+        with stop_on_signals():
+            result = stages.run(stage, cfg, paths, variant, command)
+    except Interrupted as err:  # its MLflow run is KILLED; its last resume point stands
+        if not launch.launched_here() or launch.is_main():  # one line, not one per rank
+            typer.secho(interruption_line(name, paths), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(err.exit_code) from None
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
     except launch.RanksFailed as err:  # the rank printed its traceback
@@ -45,9 +54,31 @@ def run_stage(
     if launch.launched_here():  # one rank of several: the command that started them reports
         return
     shown = {k: v for k, v in result.metrics.items() if not k.startswith("n_rejected_")}
-    name = f"{stage}@{variant}" if variant else stage
     numbers = {k: v for k, v in shown.items() if isinstance(v, int | float)}
     typer.echo(f"{name}: done  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(numbers.items())))
+
+
+def interruption_line(name: str, paths: Paths) -> str:
+    """Where the stage stopped and how to go on: `interrupted during train_diffusion@plain at
+    step 622; the last resume point is step 600: run `ldm run` to go on`."""
+    from ldm import progress, tracking
+    from ldm.training.checkpoint import latest_step
+
+    resume_step = latest_step(paths.work(name))
+    reached = progress.reached(name)
+    line = f"interrupted during {name}"
+    if resume_step is None:
+        line += "; it starts from the beginning when run again"
+    else:
+        line += f" at step {reached}" if reached is not None else ""
+        line += f"; the last resume point is step {resume_step}"
+    if os.environ.get(tracking.PARENT_RUN_ENV):  # a stage of `ldm run`
+        again = "ldm run"
+    elif os.environ.get("DVC_STAGE"):  # DVC names the stage it runs in its command's env
+        again = "dvc repro"
+    else:
+        again = " ".join(["ldm", *sys.argv[1:]])
+    return f"{line}: run `{again}` to go on"
 
 
 def stage_command(stage: str, help: str) -> None:

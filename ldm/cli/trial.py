@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +22,7 @@ from ldm.cli.common import (
     user_errors,
 )
 from ldm.cli.tools import sample_data
+from ldm.errors import STOP_SIGNALS, Interrupted, stop_on_signals
 
 
 @app.command()
@@ -51,9 +55,9 @@ def run(
 
     paths, cfg = open_project(params, overrides)  # exit 2 on a bad file, before any change
     params_path = paths.root / "params.yaml"
-    with user_errors():
+    with user_errors(), interrupted_before_the_trial():
         tracking.check_store(paths.root)
-        with trial_lock(paths.root, "ldm run"):
+        with trial_lock(paths.root, "ldm run") as lock:
             ensure_images(paths.resolve(cfg.data.raw_dir), sample_if_empty, cfg.data.resolution)
             if params is not None:
                 typer.echo(replace_params(params_path, params))
@@ -65,9 +69,20 @@ def run(
                 # Without its stage list: "ran" there would read as ran now.
                 show_answer(paths.root, last_trial(paths.root), list_stages=False)
                 return
-            outcome = start_trial_flow(paths.root, overrides or [])
+            outcome = start_trial_flow(paths.root, overrides or [], lock)
     record_trial(paths.root, outcome)
     show_answer(paths.root, outcome, list_stages=True)
+
+
+@contextmanager
+def interrupted_before_the_trial() -> Iterator[None]:
+    """Ctrl-C before the flow starts (a store check, the sample being written) stops at once."""
+    try:
+        with stop_on_signals():
+            yield
+    except Interrupted as err:
+        typer.secho("interrupted before any stage ran: run `ldm run` to start", err=True)
+        raise typer.Exit(err.exit_code) from None
 
 
 def nothing_changed(root: Path) -> bool:
@@ -143,12 +158,23 @@ def ensure_images(raw_dir: Path, sample_if_empty: bool, resolution: int) -> None
         )
 
 
-def start_trial_flow(root: Path, overrides: list[str]) -> dict:
+# From the first Ctrl-C to the last process of the trial gone: the flow stops its stage
+# (flows/stage_run.py gives it 6 s), marks its runs and stops Prefect's server in the rest.
+STOP_LIMIT_S = 9.5
+
+
+def start_trial_flow(root: Path, overrides: list[str], lock: int) -> dict:
     """Run `python -m flows.trial` in its own process: `ldm` itself never imports Prefect.
 
     Its output (every stage's progress and result lines) goes straight to this terminal;
     Prefect's run logs go to its API only (see flows/__init__.py), its other lines are kept
-    to warnings.
+    to warnings. It holds the trial's `lock` too, so no trial starts before it has ended.
+
+    The flow runs in a session of its own, and this process passes it Ctrl-C (and SIGTERM,
+    SIGHUP) once, as SIGINT: a terminal's Ctrl-C would otherwise also reach the Prefect server
+    the flow started, which then dies under it while the flow still reports to it. The flow
+    stops its stage, which says where it stopped; a second signal kills the flow's session at
+    once; after STOP_LIMIT_S it is killed anyway.
     """
     import os
     import subprocess
@@ -167,7 +193,10 @@ def start_trial_flow(root: Path, overrides: list[str]) -> dict:
         command = [sys.executable, "-m", "flows.trial", str(root)]
         command += ["--result-file", str(result_file)]
         command += [arg for override in overrides for arg in ("--set", override)]
-        flow = subprocess.run(command, env=env, check=False)
+        flow = subprocess.Popen(command, env=env, start_new_session=True, pass_fds=(lock,))
+        signum = wait_passing_signals(flow)
+        if signum is not None:
+            raise typer.Exit(128 + signum)
         if flow.returncode != 0 or not result_file.is_file():
             code = (
                 flow.returncode if flow.returncode in (EXIT_USER, EXIT_USAGE) else EXIT_UNEXPECTED
@@ -179,3 +208,42 @@ def start_trial_flow(root: Path, overrides: list[str]) -> dict:
                 code,
             )
         return json.loads(result_file.read_text())
+
+
+def wait_passing_signals(flow: subprocess.Popen) -> int | None:
+    """Wait for the flow, passing it a stop signal as SIGINT; the signal, if one came."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    caught: list[tuple[int, float]] = []
+
+    def kill_session() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(flow.pid, signal.SIGKILL)
+
+    def on_signal(signum: int, frame: object) -> None:
+        if caught:  # the second: stop now
+            kill_session()
+            os._exit(128 + caught[0][0])
+        caught.append((signum, time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(flow.pid, signal.SIGINT)
+
+    before = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    try:
+        while flow.poll() is None:
+            if caught and time.monotonic() - caught[0][1] > STOP_LIMIT_S:
+                typer.secho(
+                    f"the trial did not stop within {STOP_LIMIT_S:.0f} s and was killed; "
+                    "run `ldm run` to go on",
+                    err=True,
+                )
+                kill_session()
+            time.sleep(0.1)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        kill_session()  # whatever the flow left behind in its session goes with it
+    return caught[0][0] if caught else None

@@ -10,6 +10,8 @@ it is a demo dataset for checking that the pipeline runs, not for measuring gene
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,6 +83,24 @@ def write_sample(
     _check_empty(out_dir)
     if per_class < 1 or size < 8:
         raise DataError(f"per_class must be >= 1 and size >= 8 (got {per_class}, {size})")
+    # Written beside `out_dir` and moved in whole: an interrupted run leaves no half sample that
+    # the next `ldm run` would take for the user's data.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        counts = _write_classes(tmp, per_class, size, seed, progress)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, as checked above
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return counts
+
+
+def _write_classes(
+    out_dir: Path, per_class: int, size: int, seed: int, progress: Callable[[int], None] | None
+) -> dict[str, int]:
     counts: dict[str, int] = {}
     for index, (name, loader) in enumerate(sorted(PHOTOS.items())):
         photo = load_photo(loader)

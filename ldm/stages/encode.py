@@ -13,6 +13,7 @@ import json
 import shutil
 
 from ldm.config import Config
+from ldm.files import swap_in
 from ldm.paths import Paths
 from ldm.progress import progress_bar
 from ldm.stages.inputs import released_tokenizer
@@ -54,8 +55,7 @@ def encode(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageRe
     classes = {"num_classes": meta["num_classes"], "class_map": meta["class_map"]}
     text = json.dumps({"variant": variant, **classes, **written}, indent=2, sort_keys=True)
     (tmp / "meta.json").write_text(text + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    swap_in(tmp, out)  # the old latents stay whole until these are (dvc.yaml: persist)
     mean, std = np.array(written["channel_mean"]), np.array(written["channel_std"])
     # After the tokenizer's own normalisation these should be near 0 and 1: a check, not a fix.
     metrics = {

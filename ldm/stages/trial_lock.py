@@ -1,12 +1,17 @@
 """One trial at a time per project: `ldm run` holds a lock, and a second one refuses at once.
 
 Two trials in one project would write the same outputs, `dvc.lock` and checkpoints under each
-other. The lock is an OS file lock (filelock), so it is released when its holder exits in any
+other. The lock is an OS file lock (flock), so it is released when its holder exits in any
 way, even killed; the holder's details sit beside it so the refusal can name it.
+
+flock, not the filelock package: the lock's descriptor is handed to the flow process that
+`ldm run` starts (`pass_fds`), so the lock lasts until both have exited, and filelock does not
+expose its descriptor.
 """
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import json
 import os
@@ -31,14 +36,16 @@ def state_folder(root: Path) -> Path:
 
 
 @contextmanager
-def trial_lock(root: Path, command: str) -> Iterator[None]:
-    from filelock import FileLock, Timeout
-
+def trial_lock(root: Path, command: str) -> Iterator[int]:
+    """Hold the project's trial lock within; yields its descriptor (a child given it holds the
+    lock too, until it exits)."""
     folder = state_folder(root)
-    lock, holder = FileLock(folder / "trial.lock"), folder / "trial-holder.json"
+    holder = folder / "trial-holder.json"
+    fd = os.open(folder / "trial.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
         raise TrialRunning(f"another trial is running in {root}: {_describe(holder)}") from None
     try:
         holder.write_text(
@@ -52,10 +59,10 @@ def trial_lock(root: Path, command: str) -> Iterator[None]:
                 }
             )
         )
-        yield
+        yield fd
     finally:
         holder.unlink(missing_ok=True)
-        lock.release()
+        os.close(fd)  # released, unless a child that was given it still runs
 
 
 def _describe(holder: Path) -> str:

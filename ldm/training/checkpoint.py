@@ -122,6 +122,12 @@ def latest_state(work_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_step(work_dir: Path) -> int | None:
+    """The step of the newest complete resume point in `work_dir`, from its folder's name."""
+    latest = latest_state(work_dir)
+    return int(latest.name.removeprefix(STEP_PREFIX)) if latest else None
+
+
 def _changed(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every setting that differs, by its dotted name."""
     saved, now = flatten(saved), flatten(now)
