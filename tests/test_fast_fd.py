@@ -139,7 +139,8 @@ def test_a_bootstrap_estimate_holds_its_point_and_has_a_spread() -> None:
     assert est.lo <= est.point <= est.hi and est.se > 0
     assert est.point == pytest.approx(frechet_distance_between(real, fake))
     assert est.to_dict() == {
-        "point": est.point, "se": est.se, "lo": est.lo, "hi": est.hi, "level": 0.9, "draws": 200,
+        "point": est.point, "se": est.se, "bias": est.bias, "lo": est.lo, "hi": est.hi,
+        "level": 0.9, "draws": 200,
     }  # fmt: skip
     wide = bootstrap_fd(rng.normal(size=(20, 40)), rng.normal(size=(30, 40)), draws=20)
     assert wide.se > 0 and np.isfinite(wide.point)  # N < D: the Gram route
