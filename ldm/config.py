@@ -159,6 +159,12 @@ class SampleConfig(Section):
     seed: int
 
 
+class BootstrapConfig(Section):  # every generation number's uncertainty: rows resampled
+    draws: int = Field(ge=2)
+    level: float = Field(gt=0.0, lt=1.0)  # the intervals' coverage
+    seed: int
+
+
 class EvaluateConfig(Section):
     """How reconstructions and generated images are measured (evaluate, and the curve)."""
 
@@ -169,11 +175,12 @@ class EvaluateConfig(Section):
     nearest_k: int = Field(ge=1)  # k of the k-NN manifolds of precision/recall/density/coverage
     seed: int  # of the generated images, so a re-evaluation draws the same ones
     batch_size: int = Field(ge=1)
+    bootstrap: BootstrapConfig
+    kid_subset_size: int = Field(ge=2)  # rows per KID subset (cut to the smaller set)
+    allow_self_graded: bool  # grade in a network a tokenizer was trained against (marked)
 
 
-class ReportConfig(Section):
-    """The trial's report: charts, costs, projections, the recommendation."""
-
+class ReportConfig(Section):  # the trial's report: charts, costs, projections, the verdict
     target_fd: float = Field(gt=0.0)  # the gFD (evaluate.features space) a usable model needs
     projection_budget_multiple: float = Field(gt=1.0)  # "not reached within N x this budget"
 
@@ -253,6 +260,28 @@ class Config(Section):
                     "'-' and '_', starting with a letter or digit"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _not_graded_in_its_own_space(self) -> Config:
+        for name in [] if self.evaluate.allow_self_graded else self.variants:
+            if reason := self.trained_against(name).get(self.evaluate.features):
+                raise ValueError(
+                    f"evaluate.features is {self.evaluate.features}, the network variant {name!r}"
+                    f" was trained against ({reason}). Pick another evaluate.features, or set "
+                    "evaluate.allow_self_graded: true (its numbers are then marked self-graded)"
+                )
+        return self
+
+    def trained_against(self, name: str) -> dict[str, str]:
+        """The networks variant `name`'s tokenizer was trained against, each with the setting
+        that chose it: its foundation model when it aligns, its perceptual loss's network."""
+        v, perceptual = self.variants[name], self.tokenizer.perceptual
+        networks = {perceptual: "tokenizer.perceptual"} if perceptual != "none" else {}
+        if v.align and v.foundation:
+            networks[v.foundation] = f"variants.{name}.foundation"
+        elif v.align:
+            networks[self.align.foundation] = "align.foundation"
+        return networks
 
     def variant(self, name: str) -> ResolvedVariant:
         """A variant with its nulls filled in from the `align` section."""

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 COST_PREFIX = "cost/"
+# Numbers of an evaluation that describe the reference lines, not the generator.
+REFERENCE_NUMBERS = ("fd_train_val", "fd_random_latents", "relative_fd")
 
 
 class Record(BaseModel):
@@ -153,10 +155,21 @@ class TokenizerQuality(Record):
 class GenerationQuality(Record):
     """`num_samples` class-balanced generated images against the val split."""
 
-    named_by: ClassVar[dict[str, str]] = {"fd": "feature_net", "fd_per_class": "feature_net"}
+    named_by: ClassVar[dict[str, str]] = {
+        "fd": "feature_net",
+        "fd_per_class": "feature_net",
+        "fd_infinity": "feature_net",
+        "kid": "feature_net",
+        "kid_std": "feature_net",
+    }
     feature_net: str
     num_samples: int = Field(ge=2)
     fd: float
+    # FD extrapolated to infinitely many generated images (Chong & Forsyth 2020): comparable
+    # across sample sizes, against the same val set. None in records from before it.
+    fd_infinity: float | None = None
+    kid: float | None = None  # KID (Bińkowski et al. 2018): unbiased at any sample size
+    kid_std: float | None = None  # its spread over random subsets
     precision: float = Field(ge=0.0, le=1.0)  # Kynkäänniemi et al. 2019
     recall: float = Field(ge=0.0, le=1.0)
     density: float = Field(ge=0.0)  # Naeem et al. 2020; may exceed 1
@@ -176,6 +189,30 @@ class ReferenceLines(Record):
         """0 at the floor, 1 at the ceiling: how much of the way an FD still has to go."""
         span = self.fd_random_latents - self.fd_train_val
         return (fd - self.fd_train_val) / span if span > 0 else float("inf")
+
+
+class Interval(Record):
+    """A number's bootstrap spread: its standard error, an interval of coverage `level`, and
+    the resamples' mean minus the number (an FD's small-sample bias, which resampling adds
+    to; the interval is shifted back by it, see ldm/metrics/bootstrap.py)."""
+
+    se: float = Field(ge=0.0)
+    lo: float
+    hi: float
+    bias: float
+
+
+class Uncertainty(Record):
+    """How sure the generation numbers are (`evaluate.bootstrap`): `draws` resamples of the
+    val rows (shared by every number of a draw, reference lines included) and of the generated,
+    train and untrained rows. `intervals` is keyed by the numbers' names in the record: `fd`,
+    `precision`, `recall`, `density`, `coverage`, `fd_train_val`, `fd_random_latents`,
+    `relative_fd`."""
+
+    draws: int = Field(ge=2)
+    level: float = Field(gt=0.0, lt=1.0)
+    seed: int
+    intervals: dict[str, Interval]
 
 
 class SamplingSpeed(Record):
@@ -202,6 +239,14 @@ class EvaluateRecord(Record):
     reference: ReferenceLines
     speed: SamplingSpeed
     cost: VariantCost
+    # Measured in a network its tokenizer was trained against (evaluate.allow_self_graded):
+    # its FDs flatter it. False in records written before the field existed.
+    self_graded: bool = False
+    uncertainty: Uncertainty | None = None  # None in records from before intervals
+
+    def interval(self, name: str) -> Interval | None:
+        """The bootstrap interval of the number `name` (`fd`, `relative_fd`, ...), if measured."""
+        return self.uncertainty.intervals.get(name) if self.uncertainty else None
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric metrics for MLflow: `generation/fd_effnet_lite2`, `cost/usd`, ..."""
@@ -214,4 +259,8 @@ class EvaluateRecord(Record):
                     flat |= {f"{section}/{key}/{k}": float(v) for k, v in value.items()}
         flat |= self.cost.total.metrics()
         flat["reference/relative_fd"] = self.reference.relative(self.generation.fd)
+        for name, interval in (self.uncertainty.intervals if self.uncertainty else {}).items():
+            section = "reference" if name in REFERENCE_NUMBERS else "generation"
+            key = f"{section}/" + (f"fd_{self.generation.feature_net}" if name == "fd" else name)
+            flat |= {f"{key}_{part}": getattr(interval, part) for part in ("se", "lo", "hi")}
         return flat

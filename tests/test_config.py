@@ -166,3 +166,21 @@ def test_paper_preset_selects_the_papers_models() -> None:
     assert {v.preset for v in cfg.variants.values()} == {"f16d32"}
     assert cfg.diffusion.betas == (0.9, 0.95) and cfg.diffusion.lr == 2e-4
     assert cfg.align.foundation == "dinov2_vitl14" and cfg.sample.shift == 0.3
+
+
+def test_a_feature_network_a_tokenizer_was_aligned_to_is_refused_unless_allowed() -> None:
+    params = REPO / "params.yaml"
+    aligned_to_dinov2 = ["align.foundation=dinov2_vitl14", "evaluate.features=dinov2_vitl14"]
+    with pytest.raises(ConfigError) as info:
+        config.load(params, aligned_to_dinov2)
+    for named in ("evaluate.features", "align.foundation", "'aligned'", "allow_self_graded"):
+        assert named in str(info.value), named
+    # A variant's own foundation is named as its setting.
+    with pytest.raises(ConfigError, match=r"variants\.aligned\.foundation"):
+        config.load(
+            params, ["variants.aligned.foundation=dinov2_vitl14", "evaluate.features=dinov2_vitl14"]
+        )
+    # Allowed explicitly: loads, and says which variant is graded in its own space.
+    cfg = config.load(params, [*aligned_to_dinov2, "evaluate.allow_self_graded=true"])
+    assert "dinov2_vitl14" in cfg.trained_against("aligned")
+    assert "dinov2_vitl14" not in cfg.trained_against("plain")  # plain aligns to nothing

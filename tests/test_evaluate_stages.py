@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
 
 from ldm.cli import app
@@ -94,3 +95,12 @@ def test_report_registers_each_generator_once_and_recommends(trial_copy: Path) -
     invoke("report", "--set", "promotion.gates.staging.max_relative_fd=1000")
     versions = client.search_model_versions("name = 'ldm-generator'")
     assert len(versions) == 2  # nothing changed: nothing new registered
+
+    # A trial that ends "not ready" takes `candidate` away, and says so in registry.json.
+    invoke("report", "--set", "promotion.gates.staging.max_relative_fd=0.0001")
+    assert json.loads((paths.reports / "summary.json").read_text())["recommended"] is None
+    registry = json.loads((paths.reports / "registry.json").read_text())
+    assert registry["candidate"] is None
+    assert registry["candidate_withdrawn"] == str(candidate.version)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("ldm-generator", "candidate")

@@ -117,6 +117,11 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
     assert parent.data.metrics["stages_ran"] == len(names)
     assert parent.data.tags["stage.prepare"] == "ran"
     assert parent.data.params["set.prepare.shard_size"] == "50"  # reproducible from its record
+    # Every setting, the key numbers of each variant and the decision, on the trial's run.
+    assert parent.data.params["prepare.shard_size"] == "50"
+    assert parent.data.params["evaluate.features"] == "effnet_lite2"
+    assert parent.data.tags["decision"].startswith("recommended: plain")
+    assert {"quality/plain/gfd", "quality/plain/relative_fd"} <= set(parent.data.metrics)
     assert parent.data.metrics["cost/usd"] > 0 and parent.data.metrics["cost/plain/usd"] > 0
     # DVC's record of every stage, and the params reached the stages.
     lock = yaml.safe_load((project / "dvc.lock").read_text())

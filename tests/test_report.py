@@ -13,7 +13,7 @@ import pytest
 
 from ldm.config import CostConfig, Gates, GatesConfig, ReportConfig
 from ldm.errors import LdmError
-from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost
+from ldm.records import ConvergenceCurve, EvaluateRecord, Interval, StageCost, Uncertainty
 from ldm.report import ReportHeader, ReportSummary, summarise, summary_rows, write_report
 from ldm.report.projection import fit_power_law, project
 
@@ -307,7 +307,10 @@ def test_summary_rows_carry_the_reference_lines_and_the_verdict() -> None:
     assert any("gFD (effnet_lite2)" in c for c in table.columns)
     assert any("rFD (effnet_lite2)" in c for c in table.columns)
     row_a = dict(zip(table.columns, table.rows[0], strict=True))
-    assert row_a["gFD (effnet_lite2) [floor..ceiling]"] == "30.0 [12.5..180]"
+    # No intervals in these records: the number alone, and the note says why.
+    assert row_a["gFD (effnet_lite2)"] == "30.0" and "No intervals" in table.note
+    # The reference lines cannot be read as an interval.
+    assert row_a["floor / ceiling"] == "12.5 / 180"
     assert row_a["recommended"] == "yes" and table.rows[1][-1] == ""
     assert row_a["PSNR (dB)"] == "25.0" and row_a["cost (USD)"] == "$1.00"
     assert table.recommendation == s.recommendation
@@ -351,3 +354,35 @@ def test_importing_the_report_loads_no_heavy_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_self_graded_variant_is_marked_wherever_its_numbers_appear(tmp_path: Path) -> None:
+    graded = make_record("aligned", 30.0).model_copy(update={"self_graded": True})
+    records = [make_record("plain", 40.0), graded]
+    table = summary_rows(run_summary(records, {}))
+    assert [row[0] for row in table.rows] == ["plain", "aligned (self-graded)"]
+    out = tmp_path / "reports"
+    curves = {r.variant: falling_curve(r.variant) for r in records}
+    write_report(out, records, curves, report=REPORT, gates=gates(), prices=PRICES, header=HEADER)
+    text = (out / "report.md").read_text()
+    assert "aligned (recommended) (self-graded)" in text and "**self-graded**" in text
+
+
+def test_intervals_reach_the_summary_and_the_terminal_rows() -> None:
+    intervals = {
+        "fd": Interval(se=2.0, lo=26.5, hi=33.2, bias=6.0),
+        "relative_fd": Interval(se=0.01, lo=0.09, hi=0.12, bias=0.03),
+        "precision": Interval(se=0.02, lo=0.71, hi=0.78, bias=0.0),
+    }
+    uncertainty = Uncertainty(draws=1000, level=0.9, seed=0, intervals=intervals)
+    record = make_record("a", 30.0).model_copy(update={"uncertainty": uncertainty})
+    assert record.metrics()["generation/fd_effnet_lite2_hi"] == 33.2  # beside the metric
+    assert record.metrics()["reference/relative_fd_lo"] == 0.09
+    s = run_summary([record], {})
+    (v,) = s.variants
+    assert v.intervals["gfd"].lo == 26.5 and v.interval_level == 0.9
+    assert "recall" not in v.intervals  # not measured, not invented
+    table = summary_rows(s)
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+    assert row["gFD (effnet_lite2)"] == "30.0 [26.5..33.2]"
+    assert row["relative FD"].endswith("[0.090..0.12]") and "90% bootstrap" in table.note

@@ -207,6 +207,7 @@ def test_the_recorder_sees_each_way_a_stage_reads_the_config() -> None:
         "align.cos_margin",
         "align.distmat_margin",
         "evaluate",
+        "evaluate.bootstrap",  # a nested section, dumped with its parent
         "cost",
         "tracking",
     }

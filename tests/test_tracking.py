@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from ldm import tracking
 from ldm.cli import app
+from ldm.config import load
 from ldm.nested import flatten
 
 runner = CliRunner()
@@ -73,6 +74,9 @@ def test_stage_nests_under_the_trial_run(project: Path, monkeypatch: pytest.Monk
     assert trial.data.tags["origin"] == "test"
     assert trial.info.run_name == "trial by hand"
     assert "params.yaml" in {a.path for a in client.list_artifacts(parent.run_id)}
+    # Every setting of the trial is a param: two trials compared in the UI show what differs.
+    settings = flatten(load(project / "params.yaml").to_dict())
+    assert trial.data.params == {key: str(value) for key, value in settings.items()}
 
 
 def test_tracking_uri_is_absolute_and_env_overrides(

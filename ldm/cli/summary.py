@@ -22,7 +22,8 @@ def print_summary(summary_file: Path) -> None:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for row in terminal.rows:
         table.add_row(*row)
-    Console(width=160).print(table)
+    Console(width=200).print(table)
+    typer.echo(terminal.note)
     typer.echo(terminal.recommendation)
     registry = summary_file.parent / "registry.json"
     if registry.is_file():
@@ -33,5 +34,10 @@ def print_summary(summary_file: Path) -> None:
             typer.echo(
                 f"Promote the candidate: ldm promote {versions['candidate']} --to staging "
                 '--reason "..."'
+            )
+        elif versions.get("candidate_withdrawn"):
+            typer.echo(
+                f"Version {versions['candidate_withdrawn']} no longer holds `candidate`: this "
+                "trial recommends no variant."
             )
     typer.echo(f"Report: {summary_file.parent / 'report.html'}")

@@ -14,7 +14,7 @@ from ldm.config import ReportConfig
 from ldm.records import ConvergenceCurve, EvaluateRecord
 from ldm.report.paper import PAPER_SETUP, PAPER_SOURCE, TABLE_2
 from ldm.report.projection import INTERVAL, UNITS
-from ldm.report.summary import ABSENT, ReportSummary, fmt, usd
+from ldm.report.summary import ABSENT, ReportSummary, fmt, interval_note, usd, with_interval
 from ldm.report.tables import cost_section, gates_section, speed_section
 from ldm.report.text import escape, percent, table
 
@@ -91,17 +91,19 @@ def _glance(s: ReportSummary) -> str:
     ]
     rows = [
         [
-            v.variant + (" (recommended)" if v.variant == s.recommended else ""),
+            v.variant
+            + (" (recommended)" if v.variant == s.recommended else "")
+            + (" (self-graded)" if v.self_graded else ""),
             fmt(v.psnr),
             fmt(v.rfd),
-            fmt(v.gfd),
+            with_interval(v, "gfd"),
             fmt(v.fd_floor),
             fmt(v.fd_ceiling),
-            fmt(v.relative_fd, 2),
-            fmt(v.precision, 2),
-            fmt(v.recall, 2),
-            fmt(v.density, 2),
-            fmt(v.coverage, 2),
+            with_interval(v, "relative_fd", 2),
+            with_interval(v, "precision", 2),
+            with_interval(v, "recall", 2),
+            with_interval(v, "density", 2),
+            with_interval(v, "coverage", 2),
             usd(v.usd),
             "pass" if v.passed_staging else "FAIL",
         ]
@@ -112,6 +114,8 @@ def _glance(s: ReportSummary) -> str:
             "## Results at a glance",
             "",
             table(columns, rows),
+            "",
+            interval_note(s),
             "",
             "- **gFD** is the Fréchet distance between generated and validation images in the "
             f"features of {first.gfd_net} (not Inception, so not an FID); lower is better. It "
@@ -125,6 +129,14 @@ def _glance(s: ReportSummary) -> str:
             "validation images. **precision** is the share of generated images that look like "
             "real ones (fidelity), **recall** the share of real images the generator covers "
             "(diversity).",
+            *(
+                [
+                    "- **self-graded**: measured in a network the variant's tokenizer was "
+                    "trained against (`evaluate.allow_self_graded`), so its FDs flatter it.",
+                ]
+                if any(v.self_graded for v in s.variants)
+                else []
+            ),
         ]
     )
 

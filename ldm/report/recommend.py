@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from ldm.config import GatesConfig
 from ldm.errors import LdmError
-from ldm.records import ConvergenceCurve, EvaluateRecord
+from ldm.records import ConvergenceCurve, EvaluateRecord, Interval
 from ldm.report.gates import GateResult, check_gates, gate_values
 from ldm.report.summary import GateCheck, Projection, VariantSummary, fmt
 
@@ -48,6 +48,22 @@ def _checks(results: list[GateResult]) -> list[GateCheck]:
     return [GateCheck(**asdict(r), text=r.describe()) for r in results]
 
 
+# The report's names of the numbers with intervals -> their names in the evaluation record.
+RECORD_NAMES = {
+    "gfd": "fd",
+    "relative_fd": "relative_fd",
+    "precision": "precision",
+    "recall": "recall",
+    "density": "density",
+    "coverage": "coverage",
+}
+
+
+def summary_intervals(record: EvaluateRecord) -> dict[str, Interval]:
+    found = {name: record.interval(source) for name, source in RECORD_NAMES.items()}
+    return {name: interval for name, interval in found.items() if interval is not None}
+
+
 def summarise_variant(
     record: EvaluateRecord, gates: GatesConfig, projection: Projection
 ) -> VariantSummary:
@@ -61,6 +77,7 @@ def summarise_variant(
     hours, unit = (total.gpu_hours, "gpu_hours") if gpu else (total.cpu_hours, "cpu_hours")
     return VariantSummary(
         variant=record.variant,
+        self_graded=record.self_graded,
         psnr=record.tokenizer.psnr,
         rfd=record.tokenizer.rfd,
         rfd_net=record.tokenizer.feature_net,
@@ -79,6 +96,11 @@ def summarise_variant(
         energy_kwh=total.energy_kwh,
         gap_closed_per_usd=(1 - relative) / total.usd if total.usd > 0 else None,
         fd_gain_per_compute_hour=((ref.fd_random_latents - gen.fd) / hours if hours > 0 else None),
+        intervals=summary_intervals(record),
+        interval_level=record.uncertainty.level if record.uncertainty else None,
+        kid=gen.kid,
+        kid_std=gen.kid_std,
+        fd_infinity=gen.fd_infinity,
         staging=_checks(staging),
         passed_staging=all(r.passed for r in staging),
         production=_checks(production),

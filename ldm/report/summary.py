@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ldm.records import Interval
+
 ABSENT = "—"  # a number nothing measured; never shown as 0
 
 
@@ -64,6 +66,7 @@ class GateCheck(Model):
 
 class VariantSummary(Model):
     variant: str
+    self_graded: bool  # measured in a network its tokenizer was trained against
     psnr: float
     rfd: float
     rfd_net: str
@@ -81,6 +84,13 @@ class VariantSummary(Model):
     compute_unit: str
     energy_kwh: float | None
     gap_closed_per_usd: float | None  # (1 - relative_fd) / usd; None when nothing was paid
+    # Bootstrap intervals (`interval_level`) by the names above: gfd, relative_fd, precision,
+    # recall, density, coverage; empty for an evaluation from before intervals.
+    intervals: dict[str, Interval] = {}
+    interval_level: float | None = None
+    kid: float | None = None  # in gfd_net's space
+    kid_std: float | None = None
+    fd_infinity: float | None = None
     fd_gain_per_compute_hour: float | None  # (ceiling - gFD) / compute_hours
     staging: list[GateCheck]
     passed_staging: bool
@@ -135,16 +145,40 @@ class TerminalSummary:
     columns: tuple[str, ...]
     rows: list[tuple[str, ...]]
     recommendation: str
+    note: str  # how to read the brackets
+
+
+def with_interval(v: VariantSummary, name: str, digits: int = 3) -> str:
+    """`104 [99.6..110]`: the number and its bootstrap interval, when one was measured."""
+    value, interval = getattr(v, name), v.intervals.get(name)
+    if interval is None:
+        return fmt(value, digits)
+    return f"{fmt(value, digits)} [{fmt(interval.lo, digits)}..{fmt(interval.hi, digits)}]"
+
+
+def interval_note(summary: ReportSummary) -> str:
+    """What the brackets mean, or that nothing measured them."""
+    level = summary.variants[0].interval_level
+    if level is None:
+        return "No intervals: these evaluations predate them (run `ldm evaluate` again)."
+    return (
+        f"[lo..hi]: {level:.0%} bootstrap interval (val and generated images resampled); "
+        "floor / ceiling: reference lines, not an interval."
+    )
 
 
 def summary_rows(summary: ReportSummary) -> TerminalSummary:
-    """Per variant the key numbers with their reference lines, its cost, and the verdict."""
+    """Per variant the key numbers with their intervals and reference lines, its cost, and the
+    verdict. The reference lines get a column of their own, written `floor / ceiling`, so that
+    they cannot be read as an interval."""
     first = summary.variants[0]
     columns = (
         "variant",
         "PSNR (dB)",
         f"rFD ({first.rfd_net})",
-        f"gFD ({first.gfd_net}) [floor..ceiling]",
+        f"gFD ({first.gfd_net})",
+        "floor / ceiling",
+        "relative FD",
         "precision",
         "recall",
         "cost (USD)",
@@ -152,15 +186,17 @@ def summary_rows(summary: ReportSummary) -> TerminalSummary:
     )
     rows = [
         (
-            v.variant,
+            v.variant + (" (self-graded)" if v.self_graded else ""),
             fmt(v.psnr),
             fmt(v.rfd),
-            f"{fmt(v.gfd)} [{fmt(v.fd_floor)}..{fmt(v.fd_ceiling)}]",
-            fmt(v.precision, 2),
-            fmt(v.recall, 2),
+            with_interval(v, "gfd"),
+            f"{fmt(v.fd_floor)} / {fmt(v.fd_ceiling)}",
+            with_interval(v, "relative_fd", 2),
+            with_interval(v, "precision", 2),
+            with_interval(v, "recall", 2),
             usd(v.usd),
             "yes" if v.variant == summary.recommended else "",
         )
         for v in summary.variants
     ]
-    return TerminalSummary(columns, rows, summary.recommendation)
+    return TerminalSummary(columns, rows, summary.recommendation, interval_note(summary))

@@ -22,10 +22,12 @@ from ldm.paths import Paths
 from ldm.records import (
     EvaluateRecord,
     GenerationQuality,
+    Interval,
     ReferenceLines,
     SamplingSpeed,
     StageCost,
     TokenizerQuality,
+    Uncertainty,
     VariantCost,
     total_cost,
 )
@@ -42,14 +44,14 @@ GRID_PER_CLASS = 8  # samples per class row in the logged grid
 
 
 def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
+    import numpy as np
     import torch
     from PIL import Image
 
     from ldm.data.prepare import load_split
     from ldm.generate import image_grid, load_diffusion
     from ldm.metrics.extract import extract_features
-    from ldm.metrics.frechet import frechet_distance_between, frechet_distance_per_class
-    from ldm.metrics.manifold import precision_recall_density_coverage
+    from ldm.metrics.frechet import frechet_distance_per_class
     from ldm.pretrained.features import load_eval_features
 
     ev, sc = cfg.evaluate, cfg.sample
@@ -79,13 +81,22 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
     generated, shown, timing = generate_and_measure(model, tokenizer, net, labels, cfg, device)
     encode_seconds = time_encoding(tokenizer, val_images, batch, device)
 
-    fd = frechet_distance_between(val, generated)
+    # The features stay with the evaluation (the report resamples them; no network reruns).
+    paths.evaluation(variant).mkdir(parents=True, exist_ok=True)
+    np.savez(
+        paths.evaluation(variant) / "features.npz",
+        generated=generated,
+        labels=np.zeros(0) if labels is None else labels.numpy(),
+        untrained=untrained,
+        network=np.array(net.name),
+    )
+    estimates, kid_mean, kid_std, fd_inf = uncertainty_of(val, generated, train, untrained, ev)
+    fd = estimates["fd"].point
     per_class = None
     if model.num_classes:
         per_class = frechet_distance_per_class(
             val, val_labels, generated, labels.numpy(), class_names
         )
-    paths.evaluation(variant).mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(shown, columns=GRID_PER_CLASS)).save(
         paths.evaluation(variant) / "samples.png"
     )
@@ -93,14 +104,25 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
         feature_net=net.name,
         num_samples=n,
         fd=fd,
-        **precision_recall_density_coverage(val, generated, ev.nearest_k),
+        fd_infinity=fd_inf,
+        kid=kid_mean,
+        kid_std=kid_std,
+        **{name: estimates[name].point for name in ("precision", "recall", "density", "coverage")},
         nearest_k=ev.nearest_k,
         fd_per_class=per_class,
     )
     reference = ReferenceLines(
         feature_net=net.name,
-        fd_train_val=frechet_distance_between(val, train),
-        fd_random_latents=frechet_distance_between(val, untrained),
+        fd_train_val=estimates["fd_train_val"].point,
+        fd_random_latents=estimates["fd_random_latents"].point,
+    )
+    uncertainty = Uncertainty(
+        draws=ev.bootstrap.draws,
+        level=ev.bootstrap.level,
+        seed=ev.bootstrap.seed,
+        intervals={
+            name: Interval(se=e.se, lo=e.lo, hi=e.hi, bias=e.bias) for name, e in estimates.items()
+        },
     )
     speed = SamplingSpeed(
         solver=sc.solver,
@@ -112,6 +134,9 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
         decode_images_per_second=n / timing["decode"],
     )
     quality = tokenizer_quality(paths, variant)
+    # Graded in a network its tokenizer was trained against: config.py refuses it unless allowed.
+    # (Which networks those are changes only with the tokenizer, an input DVC already tracks.)
+    self_graded = ev.allow_self_graded and ev.features in cfg.trained_against(variant)
     upstream = variant_costs(paths, variant)
 
     def document(own_metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -125,6 +150,8 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
             reference=reference,
             speed=speed,
             cost=VariantCost(total=total, stages=stages),
+            self_graded=self_graded,
+            uncertainty=uncertainty,
         )
         own = {k: v for k, v in own_metrics.items() if isinstance(v, int | float)}
         return record.model_dump(), record.metrics() | own
@@ -135,6 +162,36 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
         "fd_random_latents": reference.fd_random_latents,
     }
     return StageResult(summary, [paths.evaluation(variant)], document=document)
+
+
+# Chong & Forsyth's FD∞: the generated set cut to these shares of its size (the val set stays
+# whole), FDs averaged over this many random subsets per size, fitted linearly in 1/N.
+FD_INFINITY_FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+FD_INFINITY_DRAWS = 10
+KID_SUBSETS = 100  # random subset pairs behind KID's mean and spread (Bińkowski et al.)
+
+
+def uncertainty_of(
+    val: np.ndarray, generated: np.ndarray, train: np.ndarray, untrained: np.ndarray, ev: Any
+) -> tuple[dict[str, Any], float, float, float]:
+    """(every generation number with its bootstrap interval, KID's mean and spread, FD∞)."""
+    from ldm.metrics.uncertainty import Resampling, fd_infinity, generation_estimates, kid
+    from ldm.progress import progress_bar
+
+    b = ev.bootstrap
+    with progress_bar("bootstrap intervals", b.draws) as advance:
+        estimates = generation_estimates(
+            val,
+            generated,
+            train,
+            untrained,
+            ev.nearest_k,
+            Resampling(b.draws, b.level, b.seed),
+            advance,
+        )
+    kid_mean, kid_std = kid(val, generated, KID_SUBSETS, ev.kid_subset_size, b.seed)
+    fd_inf = fd_infinity(val, generated, FD_INFINITY_FRACTIONS, FD_INFINITY_DRAWS, b.seed)
+    return estimates, kid_mean, kid_std, fd_inf.value
 
 
 def generate_and_measure(

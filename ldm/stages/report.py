@@ -15,11 +15,13 @@ from ldm.config import Config
 from ldm.errors import DataError
 from ldm.files import write_json_atomic
 from ldm.paths import Paths
+from ldm.progress import notice
 from ldm.records import ConvergenceCurve, EvaluateRecord, trial_cost
 from ldm.stages.result import StageResult
 from ldm.tracker import Tracker
 
 if TYPE_CHECKING:
+    from ldm.report import ReportSummary
     from ldm.tracking.registry import Provenance
 
 
@@ -76,11 +78,33 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         costs |= record.cost.total.metrics(f"cost/{record.variant}/")
     parent = tracking.parent_tracker(paths.root)
     for target in [tracker] + ([parent] if parent is not None else []):
-        target.log_metrics(costs)
+        target.log_metrics(costs | quality_metrics(summary))
         target.log_artifact(paths.reports)
-        target.set_tags({"ldm.recommended": summary.recommended or "not ready"})
+        target.set_tags(
+            {
+                "ldm.recommended": summary.recommended or "not ready",
+                "decision": summary.recommendation[:5000],
+            }
+        )
     metrics = {"trial_usd": summary.trial_usd, "variants": float(len(records))}
     return StageResult(metrics, [])
+
+
+def quality_metrics(summary: ReportSummary) -> dict[str, float]:
+    """Each variant's key numbers as `quality/<variant>/<name>`: what the decision rests on,
+    on the trial's run beside its cost."""
+    metrics = {}
+    for v in summary.variants:
+        values = {
+            "gfd": v.gfd,
+            "relative_fd": v.relative_fd,
+            "precision": v.precision,
+            "recall": v.recall,
+            "psnr": v.psnr,
+            "rfd": v.rfd,
+        }
+        metrics |= {f"quality/{v.variant}/{k}": x for k, x in values.items() if x is not None}
+    return metrics
 
 
 def register(
@@ -91,12 +115,16 @@ def register(
     provenance: Provenance,
 ) -> dict:
     """Each variant's generator as a version of `registry.model_name` (an unchanged one is
-    found again, not registered twice); the recommended one gets the alias `candidate`."""
-    from ldm.tracking.promotion import set_candidate
+    found again, not registered twice); the recommended one gets the alias `candidate`.
+
+    A trial that recommends nothing takes `candidate` from the version an earlier trial gave
+    it: `ldm models`, `ldm serve` and `ldm promote` would otherwise act on a stale pick.
+    """
+    from ldm.tracking.promotion import clear_candidate, set_candidate
     from ldm.tracking.registry import register_generator
 
     name = cfg.registry.model_name
-    versions, candidate = {}, None
+    versions, candidate, withdrawn = {}, None, None
     for record in records:
         tokenizer, diffusion = paths.tokenizer(record.variant), paths.diffusion(record.variant)
         registration = register_generator(
@@ -107,4 +135,14 @@ def register(
             candidate = registration.version
             reason = f"the report recommends {recommended}: it passes the staging gates"
             set_candidate(paths.root, name, candidate, reason)
-    return {"model_name": name, "versions": versions, "candidate": candidate}
+    if recommended is None:
+        reason = "the latest trial is not ready: no variant passes the staging gates"
+        withdrawn = clear_candidate(paths.root, name, reason)
+        if withdrawn is not None:
+            notice(f"report: version {withdrawn} no longer holds `candidate`: {reason}")
+    return {
+        "model_name": name,
+        "versions": versions,
+        "candidate": candidate,
+        "candidate_withdrawn": withdrawn,
+    }

@@ -91,6 +91,16 @@ def set_candidate(root: Path, model_name: str, version: str, reason: str) -> Mov
     return Move(version, CANDIDATE, holder, False, (), changed=holder != version)
 
 
+def clear_candidate(root: Path, model_name: str, reason: str) -> str | None:
+    """Take `candidate` away (a trial that recommends nothing); the version that held it."""
+    client = store_client(root)
+    holder = _holder(client, model_name, CANDIDATE)
+    if holder is not None:
+        client.delete_registered_model_alias(model_name, CANDIDATE)
+        _append_log(client, model_name, _entry("uncandidate", holder, CANDIDATE, False, reason, []))
+    return holder
+
+
 def check_promotion(version: ModelVersion, stage: str, gates: Gates) -> tuple[list[str], list[str]]:
     """(every gate's result line, the failed ones) for `version` and `stage`."""
     values = json.loads(version.tags.get(GATE_VALUES_TAG, "{}"))

@@ -175,11 +175,18 @@ def trial_run(
     overrides: list[str] | None = None,
 ) -> Iterator[MlflowTracker]:
     """The parent run of one `ldm run`, reproducible from its record: the exact params file
-    and the `--set` overrides that produced it, and `dvc.lock` as it stood at the end."""
+    and the `--set` overrides that produced it, and `dvc.lock` as it stood at the end.
+
+    Every setting of the trial is also a param (`diffusion.steps`, `evaluate.features`, ...),
+    so that two trials ticked in the MLflow UI show what differed between them.
+    """
+    from ldm import config
+
     client, experiment_id = _client_and_experiment(root, experiment)
     tags = {"ldm.kind": "trial", **provenance_tags(root), **tags}
     with _run(client, experiment_id, name, tags) as tracker:
         tracker.log_artifact(params_path)
+        tracker.log_params(config.load(params_path).to_dict())
         if overrides:
             tracker.log_params({f"set.{k}": v for k, _, v in (o.partition("=") for o in overrides)})
         try:
