@@ -195,7 +195,7 @@ def quiet_prefect_console(root: Path) -> None:
     log = logging.FileHandler(root / ".ldm" / "prefect-shutdown.log")
     log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for logger in (logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)):
-        for handler in getattr(logger, "handlers", []):
+        for handler in list(getattr(logger, "handlers", [])):  # a copy: the loop edits it
             if isinstance(handler, logging.StreamHandler) and handler.stream in (
                 sys.stderr,
                 sys.stdout,
