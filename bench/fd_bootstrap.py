@@ -21,7 +21,7 @@ import time
 import numpy as np
 from validate_throughput import median_seconds  # bench/'s own timer, a sibling script
 
-from ldm.metrics.bootstrap import bootstrap_fd, paired_fd_difference
+from ldm.metrics.bootstrap import Resampling, bootstrap_fd, paired_fd_difference
 from ldm.metrics.frechet import feature_stats, frechet_distance, frechet_distance_between
 
 REPEATS = 3  # timed runs of each FD; the median is reported
@@ -71,10 +71,10 @@ def main() -> None:
     print(f"            |rows - covariance| / FD = {abs(fd_rows - fd_cov) / fd_cov:.1e}")
 
     start = time.perf_counter()
-    est = bootstrap_fd(real, fake_a, draws=args.draws, level=0.9, seed=0)
+    est = bootstrap_fd(real, fake_a, Resampling(args.draws, 0.9, 0))
     t_boot = time.perf_counter() - start
     start = time.perf_counter()
-    diff = paired_fd_difference(real, fake_a, fake_b, draws=args.draws, level=0.9, seed=0)
+    diff = paired_fd_difference(real, fake_a, fake_b, Resampling(args.draws, 0.9, 0))
     t_pair = time.perf_counter() - start
     for name, seconds, e in (
         ("bootstrap_fd FD(a)", t_boot, est),

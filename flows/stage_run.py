@@ -27,7 +27,7 @@ from pathlib import Path
 from prefect.logging import get_run_logger
 
 from ldm import tracking
-from ldm.errors import Interrupted
+from ldm.errors import INTERRUPTED_DURING, Interrupted
 
 # DVC's advice after each stage (git add dvc.lock, autostage, dvc push) is for people running it
 # by hand; repeated after every stage of a trial it buries the progress.
@@ -39,8 +39,6 @@ SKIPPED = re.compile(r"Stage '.*' didn't change, skipping")
 # The stages' own lines go to Prefect's log under this name, so that a trial can follow a stage
 # that runs on another host (flows/pool.py) by its lines alone.
 STAGE_LOG = "stage"
-# How an `ldm` stage's line starts when a signal stopped it (ldm/cli/stages.py).
-INTERRUPTED = "interrupted during"
 
 
 class StageFailed(RuntimeError):
@@ -126,8 +124,8 @@ def dvc(
 STOP_GRACE_S = 6.0
 
 
-def stop_tree(proc: subprocess.Popen) -> bool:
-    """Stop a process and everything it started, then reap it; True if all ended by themselves.
+def stop_tree(proc: subprocess.Popen) -> None:
+    """Stop a process and everything it started, then reap it.
 
     SIGINT, as Ctrl-C in a terminal would send it to each of them: `dvc` waits for its stage
     command and records the failure, `ldm <stage>` stops where it is (its last resume point
@@ -147,7 +145,6 @@ def stop_tree(proc: subprocess.Popen) -> bool:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
     proc.wait()
-    return not alive
 
 
 def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool:
@@ -163,7 +160,7 @@ def repro(root: Path, stage: str, env: dict[str, str], timeout_s: float) -> bool
             return
         if not DVC_HINTS.match(line):
             note(line)
-        if line.startswith(INTERRUPTED):
+        if line.startswith(INTERRUPTED_DURING):
             said.append(line)
 
     try:

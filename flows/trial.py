@@ -61,7 +61,7 @@ def run_stage(
         else:
             ran = repro(Path(root), stage, stage_env(parent_run_id), timeout_s)
     except Interrupted as err:
-        if pool and not getattr(err, "said", False):
+        if pool and not err.said:
             say(
                 f"interrupted during {stage}: its flow run on {pool!r} is cancelled; "
                 "run `ldm run` to go on"
@@ -111,7 +111,7 @@ def trial(root: str, overrides: list[str] | None = None) -> dict:
                     root, stage, tracker.run_id, timeout_s, pool if stage in remote else None
                 )
             except Interrupted as err:
-                if not getattr(err, "said", False):  # between two stages
+                if not err.said:  # between two stages
                     say(f"interrupted before {stage}: run `ldm run` to go on")
                 tracker.set_tags({tag_key(stage): "interrupted"})
                 raise

@@ -38,6 +38,7 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.said = False  # True once a line told the user where the run stopped
 
     @property
     def exit_code(self) -> int:
@@ -46,6 +47,9 @@ class Interrupted(KeyboardInterrupt):
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How the line of a stage that a signal stopped begins (ldm/cli/stages.py), for those that
+# relay its output (flows/stage_run.py).
+INTERRUPTED_DURING = "interrupted during"
 
 
 @contextmanager

@@ -178,6 +178,12 @@ class GenerationQuality(Record):
     fd_per_class: dict[str, float] | None  # None when the data has no classes
 
 
+def relative_fd(fd: float, floor: float, ceiling: float) -> float:
+    """0 at the floor, 1 at the ceiling; infinite when the ceiling is not above the floor."""
+    span = ceiling - floor
+    return (fd - floor) / span if span > 0 else float("inf")
+
+
 class ReferenceLines(Record):
     """What a perfect and an untrained generator score, in the same network and sample sizes."""
 
@@ -187,8 +193,7 @@ class ReferenceLines(Record):
 
     def relative(self, fd: float) -> float:
         """0 at the floor, 1 at the ceiling: how much of the way an FD still has to go."""
-        span = self.fd_random_latents - self.fd_train_val
-        return (fd - self.fd_train_val) / span if span > 0 else float("inf")
+        return relative_fd(fd, self.fd_train_val, self.fd_random_latents)
 
 
 class Interval(Record):

@@ -406,6 +406,17 @@ def bench_trial(tmp_path_factory: pytest.TempPathFactory, sample_images: Path) -
     return BenchTrial(root, done.stdout, first, rerun)
 
 
+@pytest.fixture
+def bench_trial_copy(
+    bench_trial: BenchTrial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """This test's own copy of the session's `ldm run` trial (`bench_trial`), as cwd."""
+    root = tmp_path / "project"
+    copy_project(bench_trial.root, root)
+    monkeypatch.chdir(root)
+    return root
+
+
 def one_variant(project: Path, **sets: object) -> None:
     """The project's params with only the plain variant (and `section.key` values set)."""
     raw = yaml.safe_load((project / "params.yaml").read_text())

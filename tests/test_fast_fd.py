@@ -11,6 +11,7 @@ from scipy.linalg import hadamard
 
 from ldm.metrics.bootstrap import (
     Estimate,
+    Resampling,
     bootstrap_fd,
     paired_fd_difference,
     percentile_interval,
@@ -126,7 +127,7 @@ def test_the_paired_difference_of_a_set_with_itself_is_zero_in_every_draw() -> N
     rng = np.random.default_rng(12)
     real, fake = rng.normal(size=(20, 40)), rng.normal(loc=0.3, size=(24, 40))
     for other in (fake, fake.copy()):  # the same object, and an equal copy
-        diff = paired_fd_difference(real, fake, other, draws=50, seed=3)
+        diff = paired_fd_difference(real, fake, other, Resampling(50, 0.9, 3))
         assert (diff.point, diff.se, diff.lo, diff.hi) == (0.0, 0.0, 0.0, 0.0)
 
 
@@ -134,7 +135,7 @@ def test_a_bootstrap_estimate_holds_its_point_and_has_a_spread() -> None:
     # Many rows in few dimensions: the resampling bias of an FD is small next to its spread.
     rng = np.random.default_rng(13)
     real, fake = rng.normal(size=(300, 4)), rng.normal(loc=0.5, size=(200, 4))
-    est = bootstrap_fd(real, fake, draws=200, level=0.9, seed=1)
+    est = bootstrap_fd(real, fake, Resampling(200, 0.9, 1))
     assert isinstance(est, Estimate) and est.draws == 200
     assert est.lo <= est.point <= est.hi and est.se > 0
     assert est.point == pytest.approx(frechet_distance_between(real, fake))
@@ -142,7 +143,8 @@ def test_a_bootstrap_estimate_holds_its_point_and_has_a_spread() -> None:
         "point": est.point, "se": est.se, "bias": est.bias, "lo": est.lo, "hi": est.hi,
         "level": 0.9, "draws": 200,
     }  # fmt: skip
-    wide = bootstrap_fd(rng.normal(size=(20, 40)), rng.normal(size=(30, 40)), draws=20)
+    few, more = rng.normal(size=(20, 40)), rng.normal(size=(30, 40))
+    wide = bootstrap_fd(few, more, Resampling(20, 0.9, 0))
     assert wide.se > 0 and np.isfinite(wide.point)  # N < D: the Gram route
 
 
@@ -151,5 +153,5 @@ def test_a_paired_difference_sees_a_shift_the_shared_reference_would_hide() -> N
     basis = rng.normal(size=(8, d)) / np.sqrt(8)
     real = pooled_features(rng, 40, basis, 0.0)
     near, far = pooled_features(rng, 60, basis, 0.0), pooled_features(rng, 60, basis, 0.3)
-    diff = paired_fd_difference(real, near, far, draws=200, level=0.9, seed=2)
+    diff = paired_fd_difference(real, near, far, Resampling(200, 0.9, 2))
     assert diff.hi < 0 and diff.lo <= diff.point <= diff.hi

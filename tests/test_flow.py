@@ -16,7 +16,7 @@ from flows.stage_run import StageFailed
 from flows.trial import is_transient
 from ldm.config import load
 from ldm.stages import stage_names
-from tests.conftest import BenchTrial, copy_project, ldm_run
+from tests.conftest import BenchTrial, ldm_run
 
 pytestmark = pytest.mark.slow
 
@@ -65,12 +65,10 @@ def dvc(root: Path, *args: str) -> str:
 
 
 def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_what_changed(
-    bench_trial: BenchTrial, tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
+    bench_trial: BenchTrial, bench_trial_copy: Path, prefect_server
 ) -> None:
     # The first trial and its re-run are the benchmark's (`bench_trial`); the rest, on a copy.
-    project, table = tmp_path / "project", bench_trial.table
-    copy_project(bench_trial.root, project)
-    monkeypatch.chdir(project)
+    project, table = bench_trial_copy, bench_trial.table
     names = stage_names(load(project / "params.yaml"))
     assert names[0] == "validate" and "train_diffusion@plain" in names
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import BenchTrial, copy_project, ldm_env, set_params
+from tests.conftest import ldm_env, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -86,19 +86,11 @@ def assert_one_line(output: str, again: str) -> tuple[int, int]:
     return reached, resume_point
 
 
-@pytest.fixture
-def trained(bench_trial: BenchTrial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the session's `ldm run` trial, as cwd."""
-    root = tmp_path / "project"
-    copy_project(bench_trial.root, root)
-    monkeypatch.chdir(root)
-    return root
-
-
 def test_ctrl_c_sigterm_and_a_crash_stop_ldm_run_and_the_next_run_resumes(
-    trained: Path, prefect_server
+    bench_trial_copy: Path, prefect_server
 ) -> None:
-    root, model_before = trained, sorted(p.name for p in (trained / MODEL).iterdir())
+    root = bench_trial_copy
+    model_before = sorted(p.name for p in (root / MODEL).iterdir())
     sets = [f"--set={key}={value}" for key, value in LONGER.items()]
     # Ctrl-C, with Prefect's own temporary server, as a user has it.
     own_server = {k: v for k, v in ldm_env().items() if k != "PREFECT_API_URL"}
@@ -169,8 +161,8 @@ def test_ctrl_c_sigterm_and_a_crash_stop_ldm_run_and_the_next_run_resumes(
     assert "Trial answer" in done.stdout
 
 
-def test_ldm_stage_alone_and_dvc_repro_stop_the_same_way(trained: Path) -> None:
-    root, env = trained, dict(os.environ, PYTHONUNBUFFERED="1")
+def test_ldm_stage_alone_and_dvc_repro_stop_the_same_way(bench_trial_copy: Path) -> None:
+    root, env = bench_trial_copy, dict(os.environ, PYTHONUNBUFFERED="1")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])  # `ldm`
     set_params(root / "params.yaml", LONGER)
     model_before = sorted(p.name for p in (root / MODEL).iterdir())

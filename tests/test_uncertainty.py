@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from prdc.prdc import compute_pairwise_distance
 
-from ldm.metrics.bootstrap import bootstrap_fd, percentile_interval, summarise
+from ldm.metrics.bootstrap import Resampling, bootstrap_fd, percentile_interval, summarise
 from ldm.metrics.frechet import frechet_distance_between
 from ldm.metrics.manifold import precision_recall_density_coverage
 from ldm.metrics.uncertainty import (
+    FD_INFINITY_FRACTIONS,
     ResampledPrdc,
-    Resampling,
     fd_infinity,
     fit_fd_infinity,
     generation_estimates,
@@ -135,7 +135,7 @@ def test_every_interval_holds_its_point_at_the_trial_shapes() -> None:
 
 def test_the_fd_interval_holds_its_point_at_fewer_rows_than_dimensions() -> None:
     val, gen, _, _ = evaluation_sets(6, (136, 256, 2, 2), 1280)
-    est = bootstrap_fd(val, gen, draws=200, level=0.9, seed=0)
+    est = bootstrap_fd(val, gen, Resampling(200, 0.9, 0))
     assert est.lo <= est.point <= est.hi
     # the draws' own quantiles, lo + bias, lie wholly above the point: the plain percentile
     # interval would have excluded it
@@ -180,7 +180,7 @@ def test_fd_infinity_recovers_a_line_in_one_over_n() -> None:
 def test_fd_infinity_lies_below_the_fd_at_fewer_rows_than_dimensions() -> None:
     rng = np.random.default_rng(9)
     real, fake = rng.normal(size=(120, 200)), rng.normal(size=(150, 200))  # one distribution
-    result = fd_infinity(real, fake, draws=5, seed=0)
+    result = fd_infinity(real, fake, FD_INFINITY_FRACTIONS, draws=5, seed=0)
     full = frechet_distance_between(real, fake)
     assert result.sizes == (75, 90, 105, 120, 135, 150)
     assert result.fds[-1] == full

@@ -19,7 +19,7 @@ from ldm.cli.common import (
     fail,
     open_project,
 )
-from ldm.errors import Interrupted, LdmError, stop_on_signals
+from ldm.errors import INTERRUPTED_DURING, Interrupted, LdmError, stop_on_signals
 from ldm.paths import Paths
 
 
@@ -66,7 +66,7 @@ def interruption_line(name: str, paths: Paths) -> str:
 
     resume_step = latest_step(paths.work(name))
     reached = progress.reached(name)
-    line = f"interrupted during {name}"
+    line = f"{INTERRUPTED_DURING} {name}"
     if resume_step is None:
         line += "; it starts from the beginning when run again"
     else:

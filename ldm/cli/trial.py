@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,6 +22,9 @@ from ldm.cli.common import (
 )
 from ldm.cli.tools import sample_data
 from ldm.errors import STOP_SIGNALS, Interrupted, stop_on_signals
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 @app.command()

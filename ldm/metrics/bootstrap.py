@@ -40,6 +40,21 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Resampling:
+    """How to bootstrap: how many draws, the interval's coverage, and the generator's seed."""
+
+    draws: int
+    level: float  # e.g. 0.9
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.draws < 2:
+            raise ValueError(f"a bootstrap needs at least 2 draws, got {self.draws}")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"level must lie strictly between 0 and 1, got {self.level}")
+
+
+@dataclass(frozen=True)
 class Estimate:
     """A point estimate with its bootstrap standard error, bias and bias-shifted interval."""
 
@@ -98,21 +113,18 @@ def resample(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def bootstrap_fd(
-    real: torch.Tensor | np.ndarray,
-    fake: torch.Tensor | np.ndarray,
-    draws: int = 1000,
-    level: float = 0.9,
-    seed: int = 0,
+    real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, resampling: Resampling
 ) -> Estimate:
     """FD(real, fake) with its bootstrap se and interval; each draw resamples both sets."""
     real, fake = as_features(real), as_features(fake)
     fd = ResampledFrechet(real, fake)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(resampling.seed)
+    n_real, n_fake = len(real), len(fake)
     with single_threaded_blas():
         values = np.array(
-            [fd(resample(rng, len(real)), resample(rng, len(fake))) for _ in range(draws)]
+            [fd(resample(rng, n_real), resample(rng, n_fake)) for _ in range(resampling.draws)]
         )
-    return summarise(frechet_distance_between(real, fake), values, level)
+    return summarise(frechet_distance_between(real, fake), values, resampling.level)
 
 
 def same_rows(a: np.ndarray, b: np.ndarray) -> bool:
@@ -123,9 +135,7 @@ def paired_fd_difference(
     real: torch.Tensor | np.ndarray,
     fake_a: torch.Tensor | np.ndarray,
     fake_b: torch.Tensor | np.ndarray,
-    draws: int = 1000,
-    level: float = 0.9,
-    seed: int = 0,
+    resampling: Resampling,
 ) -> Estimate:
     """FD(real, fake_a) - FD(real, fake_b), paired: both terms of a draw see the same real rows.
 
@@ -139,10 +149,10 @@ def paired_fd_difference(
     fd_a = ResampledFrechet(real, fake_a)
     fd_b = fd_a if same else ResampledFrechet(real, fake_b)
     shared = len(fake_a) == len(fake_b)
-    rng = np.random.default_rng(seed)
-    values = np.empty(draws)
+    rng = np.random.default_rng(resampling.seed)
+    values = np.empty(resampling.draws)
     with single_threaded_blas():
-        for i in range(draws):
+        for i in range(resampling.draws):
             rows_real, rows_a = resample(rng, len(real)), resample(rng, len(fake_a))
             rows_b = rows_a if shared else resample(rng, len(fake_b))
             value_a = fd_a(rows_real, rows_a)
@@ -152,4 +162,4 @@ def paired_fd_difference(
     point = 0.0
     if not same:
         point = frechet_distance_between(real, fake_a) - frechet_distance_between(real, fake_b)
-    return summarise(point, values, level)
+    return summarise(point, values, resampling.level)

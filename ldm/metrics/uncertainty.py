@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ldm.errors import DataError
-from ldm.metrics.bootstrap import Estimate, resample, single_threaded_blas, summarise
+from ldm.metrics.bootstrap import (
+    Estimate,
+    Resampling,
+    resample,
+    single_threaded_blas,
+    summarise,
+)
 from ldm.metrics.frechet import (
     ResampledFrechet,
     as_features,
@@ -39,6 +45,7 @@ from ldm.metrics.frechet import (
     frechet_distance_between,
 )
 from ldm.metrics.manifold import precision_recall_density_coverage
+from ldm.records import relative_fd
 
 if TYPE_CHECKING:
     import torch
@@ -57,30 +64,9 @@ RANGES = {
     "density": (0.0, np.inf),
     "coverage": (0.0, 1.0),
 }
-DEFAULT_FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-# Bińkowski et al.'s kernel, k(x, y) = (xᵀy / D + 1)³, named here rather than left to the
-# library's defaults so that a KID stays comparable across library versions.
-
-
-@dataclass(frozen=True)
-class Resampling:
-    """How to bootstrap: how many draws, the interval's coverage, and the generator's seed."""
-
-    draws: int
-    level: float  # e.g. 0.9
-    seed: int
-
-    def __post_init__(self) -> None:
-        if self.draws < 2:
-            raise ValueError(f"a bootstrap needs at least 2 draws, got {self.draws}")
-        if not 0.0 < self.level < 1.0:
-            raise ValueError(f"level must lie strictly between 0 and 1, got {self.level}")
-
-
-def relative_fd(fd: float, floor: float, ceiling: float) -> float:
-    """0 at the floor, 1 at the ceiling; as `ldm.records.ReferenceLines.relative` computes it."""
-    span = ceiling - floor
-    return (fd - floor) / span if span > 0 else float("inf")
+# Chong & Forsyth's FD∞: the generated set cut to these shares of its size (the real set stays
+# whole), fitted linearly in 1/N.
+FD_INFINITY_FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def kth_neighbour_radii(distances: np.ndarray, nearest_k: int) -> np.ndarray:
@@ -89,6 +75,8 @@ def kth_neighbour_radii(distances: np.ndarray, nearest_k: int) -> np.ndarray:
     The smallest is the row's distance to itself, so this is the k-th neighbour's, as `prdc`
     takes it (the same order statistic of the same matrix: the same number).
     """
+    # np.partition rather than prdc's get_kth_value, which needs k + 2 rows: a resample may hold
+    # only k + 1 distinct ones.
     return np.partition(distances, nearest_k, axis=1)[:, nearest_k]
 
 
@@ -333,9 +321,9 @@ def subset_sizes(n: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
 def fd_infinity(
     real: torch.Tensor | np.ndarray,
     fake: torch.Tensor | np.ndarray,
-    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
-    draws: int = 10,
-    seed: int = 0,
+    fractions: tuple[float, ...],
+    draws: int,
+    seed: int,
 ) -> FdInfinity:
     """Chong & Forsyth's (2020) effectively unbiased FD∞ of `fake` against the whole `real`.
 

@@ -16,7 +16,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from ldm.config import Config
+from ldm.config import Config, EvaluateConfig
 from ldm.errors import DataError
 from ldm.paths import Paths
 from ldm.records import (
@@ -39,6 +39,8 @@ from ldm.training.devices import pick_device
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+    from ldm.metrics.bootstrap import Estimate
 
 GRID_PER_CLASS = 8  # samples per class row in the logged grid
 
@@ -164,18 +166,25 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
     return StageResult(summary, [paths.evaluation(variant)], document=document)
 
 
-# Chong & Forsyth's FD∞: the generated set cut to these shares of its size (the val set stays
-# whole), FDs averaged over this many random subsets per size, fitted linearly in 1/N.
-FD_INFINITY_FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-FD_INFINITY_DRAWS = 10
+FD_INFINITY_DRAWS = 10  # random subsets of the generated set per size behind FD∞
 KID_SUBSETS = 100  # random subset pairs behind KID's mean and spread (Bińkowski et al.)
 
 
 def uncertainty_of(
-    val: np.ndarray, generated: np.ndarray, train: np.ndarray, untrained: np.ndarray, ev: Any
-) -> tuple[dict[str, Any], float, float, float]:
+    val: np.ndarray,
+    generated: np.ndarray,
+    train: np.ndarray,
+    untrained: np.ndarray,
+    ev: EvaluateConfig,
+) -> tuple[dict[str, Estimate], float, float, float]:
     """(every generation number with its bootstrap interval, KID's mean and spread, FD∞)."""
-    from ldm.metrics.uncertainty import Resampling, fd_infinity, generation_estimates, kid
+    from ldm.metrics.bootstrap import Resampling
+    from ldm.metrics.uncertainty import (
+        FD_INFINITY_FRACTIONS,
+        fd_infinity,
+        generation_estimates,
+        kid,
+    )
     from ldm.progress import progress_bar
 
     b = ev.bootstrap
