@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FoundationName = Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
@@ -183,6 +182,12 @@ class EvaluateConfig(Section):
 class ReportConfig(Section):  # the trial's report: charts, costs, projections, the verdict
     target_fd: float = Field(gt=0.0)  # the gFD (evaluate.features space) a usable model needs
     projection_budget_multiple: float = Field(gt=1.0)  # "not reached within N x this budget"
+    # A gFD gap below this share of the better gFD is "no detectable difference", however
+    # narrow its interval: the spread that retraining with another seed alone causes.
+    min_effect: float = Field(ge=0.0, lt=1.0)
+    # The between-seed spread of one variant's gFD that the planner assumes while a trial has
+    # one seed; null: equal to the measured within-seed (bootstrap) spread.
+    seed_spread_prior: float | None = Field(ge=0.0)
 
 
 class RegistryConfig(Section):
@@ -217,6 +222,8 @@ class TrackingConfig(Section):
 class CostConfig(Section):
     gpu_hour_usd: float = Field(ge=0.0)  # price of one GPU-hour on the host that trains
     cpu_hour_usd: float = Field(ge=0.0)  # price of one CPU core-hour
+    # A GPU instance's price includes its CPUs: a GPU stage bills GPU-hours only, unless true.
+    bill_cpu_on_gpu: bool
 
 
 class OrchestrationConfig(Section):
@@ -325,63 +332,6 @@ class ConfigError(ValueError):
     """A params file or override that does not fit the schema; the message names the key."""
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`section.key=value` -> (["section", "key"], value); the value is read as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(
-            f"--set {text!r}: expected section.key=value, e.g. --set data.resolution=64"
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with each `section.key=value` set; the key must already exist
-    (or be an optional field of a variant, which params.yaml may leave out)."""
-    import copy
-
-    merged = copy.deepcopy(raw)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = merged
-        for depth, key in enumerate(keys):
-            if not isinstance(node, dict) or (key not in node and not _optional_variant_key(keys)):
-                known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
-                where = ".".join(keys[: depth + 1])
-                raise ConfigError(f"--set {text!r}: unknown key '{where}' (known here: {known})")
-            if depth == len(keys) - 1:
-                node[key] = value
-            else:
-                node = node[key]
-    return merged
-
-
-def _optional_variant_key(keys: list[str]) -> bool:
-    """`variants.<name>.<field>` for a field a variant may leave out (null by default)."""
-    return (
-        len(keys) == 3
-        and keys[0] == "variants"
-        and keys[2] in VariantConfig.model_fields
-        and not VariantConfig.model_fields[keys[2]].is_required()
-    )
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (pass --params PATH)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return raw
-
-
 def validate_dict(raw: dict[str, Any], source: str) -> Config:
     try:
         return Config.model_validate(raw)
@@ -396,5 +346,8 @@ def validate_dict(raw: dict[str, Any], source: str) -> Config:
 
 def load(path: Path, overrides: list[str] | None = None) -> Config:
     """Read `path`, apply `section.key=value` overrides, validate; raise ConfigError on a fault."""
+    # The file's reading and editing live with the file (params_file builds on this schema).
+    from ldm.params_file import apply_overrides, read_yaml
+
     raw = apply_overrides(read_yaml(path), list(overrides or []))
     return validate_dict(raw, str(path) + (" with --set overrides" if overrides else ""))

@@ -14,7 +14,7 @@ from ldm.errors import LdmError
 from ldm.records import StageCost
 from ldm.stages import launch
 
-PRICES = CostConfig(gpu_hour_usd=2.0, cpu_hour_usd=0.1)
+PRICES = CostConfig(gpu_hour_usd=2.0, cpu_hour_usd=0.1, bill_cpu_on_gpu=False)
 UUIDS = ["GPU-1111aaaa-0000-0000-0000-000000000000", "GPU-2222bbbb-0000-0000-0000-000000000000"]
 UUIDS += ["GPU-3333cccc-0000-0000-0000-000000000000", "GPU-4444dddd-0000-0000-0000-000000000000"]
 

@@ -18,8 +18,10 @@ from ldm.report import ReportHeader, ReportSummary, summarise, summary_rows, wri
 from ldm.report.projection import fit_power_law, project
 
 NET = "effnet_lite2"
-PRICES = CostConfig(gpu_hour_usd=2.5, cpu_hour_usd=0.05)
-REPORT = ReportConfig(target_fd=60.0, projection_budget_multiple=10)
+PRICES = CostConfig(gpu_hour_usd=2.5, cpu_hour_usd=0.05, bill_cpu_on_gpu=False)
+REPORT = ReportConfig(
+    target_fd=60.0, projection_budget_multiple=10, min_effect=0.013, seed_spread_prior=None
+)
 HEADER = ReportHeader(
     trial="acme <widgets>",
     created="2025-06-01T12:00:00+00:00",
