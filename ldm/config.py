@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ldm.errors import ConfigError
+from ldm.nested import apply_overrides as nested_overrides
 
 FoundationName = Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
 
@@ -175,6 +179,10 @@ class EvaluateConfig(Section):
     seed: int  # of the generated images, so a re-evaluation draws the same ones
     batch_size: int = Field(ge=1)
     bootstrap: BootstrapConfig
+    # Guidance scales tried per variant; the one with the lowest FD against the train split
+    # (not val: the gFD is measured there) is the variant's, recorded and registered with it.
+    cfg_scales: list[Annotated[float, Field(ge=1.0)]] = Field(min_length=1)
+    select_samples: int = Field(ge=2)  # generated images per scale for that choice
     kid_subset_size: int = Field(ge=2)  # rows per KID subset (cut to the smaller set)
     allow_self_graded: bool  # grade in a network a tokenizer was trained against (marked)
 
@@ -328,8 +336,32 @@ class ResolvedVariant:
     distmat_margin: float
 
 
-class ConfigError(ValueError):
-    """A params file or override that does not fit the schema; the message names the key."""
+def _optional_variant_key(keys: list[str]) -> bool:
+    """`variants.<name>.<field>` for a field a variant may leave out (null by default)."""
+    return (
+        len(keys) == 3
+        and keys[0] == "variants"
+        and keys[2] in VariantConfig.model_fields
+        and not VariantConfig.model_fields[keys[2]].is_required()
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (pass --params PATH)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`raw` with each `section.key=value` override set (ldm/nested.py), a variant's optional
+    fields included."""
+    return nested_overrides(raw, overrides, _optional_variant_key)
 
 
 def validate_dict(raw: dict[str, Any], source: str) -> Config:
@@ -346,8 +378,5 @@ def validate_dict(raw: dict[str, Any], source: str) -> Config:
 
 def load(path: Path, overrides: list[str] | None = None) -> Config:
     """Read `path`, apply `section.key=value` overrides, validate; raise ConfigError on a fault."""
-    # The file's reading and editing live with the file (params_file builds on this schema).
-    from ldm.params_file import apply_overrides, read_yaml
-
     raw = apply_overrides(read_yaml(path), list(overrides or []))
     return validate_dict(raw, str(path) + (" with --set overrides" if overrides else ""))

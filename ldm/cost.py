@@ -8,18 +8,26 @@ those `ldm.records.StageCost` reads.
 - GPU-hours bill the GPUs the stage used (one per DDP rank), not every GPU the host has.
 - Energy comes from NVML's per-GPU energy counters (`nvidia-ml-py`, the `gpu` extra), summed over
   the GPUs the stage used; where nothing measured it the key is absent, never 0.
+- A resumed training stage adds the `Hours` its earlier attempts spent up to the resume point it
+  continues from (kept there by the loop, `ldm.training.resume.hours_so_far`); `cost/attempts`
+  says how many attempts the numbers cover. Work after that resume point was lost with its
+  attempt and is not counted.
+- `cost/usd` prices the hours with the rule `ldm.records.billed_usd`; the report prices them
+  again at the prices it runs with.
 """
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ldm.config import CostConfig
+if TYPE_CHECKING:  # the training loops import this module and stay free of pydantic
+    from ldm.config import CostConfig
 
 
 @dataclass(frozen=True)
@@ -93,55 +101,120 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+@dataclass(frozen=True)
+class Hours:
+    """What a stage spent over one or more attempts: what a resume point keeps (as JSON:
+    checkpoints hold no pickles) so that the attempt resuming from it is billed for them too."""
+
+    wall_seconds: float
+    cpu_hours: float
+    gpu_hours: float
+    # None unless every attempt measured its GPUs: a part would pass for the whole
+    energy_kwh: float | None
+    attempts: int = 1
+
+    def __add__(self, other: Hours) -> Hours:
+        """Attempts that ran one after another."""
+        energy = None
+        if self.energy_kwh is not None and other.energy_kwh is not None:
+            energy = self.energy_kwh + other.energy_kwh
+        return Hours(
+            wall_seconds=self.wall_seconds + other.wall_seconds,
+            cpu_hours=self.cpu_hours + other.cpu_hours,
+            gpu_hours=self.gpu_hours + other.gpu_hours,
+            energy_kwh=energy,
+            attempts=self.attempts + other.attempts,
+        )
+
+    def state(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_state(cls, text: str | None) -> Hours | None:
+        """The hours a resume point kept; None where it kept none (written before they were)."""
+        return None if text is None else cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class _Reading:
+    wall: float  # perf_counter seconds
+    cpu: float  # CPU seconds of this process and its reaped children
+    energy_mj: dict[str, float]  # NVML counters by GPU UUID
+
+    @classmethod
+    def now(cls) -> _Reading:
+        return cls(time.perf_counter(), _cpu_seconds(), gpu_energy_mj())
+
+
+def _hours_between(start: _Reading, end: _Reading, devices: DeviceUse) -> Hours:
+    wall = end.wall - start.wall
+    return Hours(
+        wall_seconds=wall,
+        cpu_hours=(end.cpu - start.cpu) / 3600,
+        gpu_hours=devices.count * wall / 3600,
+        energy_kwh=_energy_kwh(devices, start.energy_mj, end.energy_mj),
+    )
+
+
+def _energy_kwh(devices: DeviceUse, start: dict[str, float], end: dict[str, float]) -> float | None:
+    """Energy of the GPUs used, or None unless NVML measured every one of them."""
+    used = [normal_uuid(u) for u in devices.uuids]
+    if not devices.count or len(used) != devices.count:
+        return None
+    if not all(u in start and u in end for u in used):
+        return None
+    return sum(end[u] - start[u] for u in used) / 3.6e9  # mJ -> kWh
+
+
+class Clock:
+    """This attempt's hours so far, from when it was made: a training loop reads it at each
+    resume point. (Children's CPU time counts once they are reaped, as in `CostMeter`.)"""
+
+    def __init__(self) -> None:
+        self._start = _Reading.now()
+
+    def hours(self, devices: DeviceUse) -> Hours:
+        return _hours_between(self._start, _Reading.now(), devices)
+
+
 @dataclass
 class CostMeter:
-    """`with CostMeter(cfg.cost) as meter: ...` then `meter.metrics(devices)`."""
+    """`with CostMeter(cfg.cost) as meter: ...` then `meter.metrics(devices, carried)`."""
 
     prices: CostConfig
-    _wall0: float = field(default=0.0, init=False)
-    _cpu0: float = field(default=0.0, init=False)
-    _wall: float = field(default=0.0, init=False)
-    _cpu: float = field(default=0.0, init=False)
-    _energy0: dict[str, float] = field(default_factory=dict, init=False)
-    _energy1: dict[str, float] = field(default_factory=dict, init=False)
+    _start: _Reading | None = field(default=None, init=False)
+    _end: _Reading | None = field(default=None, init=False)
 
     def __enter__(self) -> CostMeter:
         # Every GPU's counter is read: which ones the stage uses is only known at its end.
-        self._energy0 = gpu_energy_mj()
-        self._wall0, self._cpu0 = time.perf_counter(), _cpu_seconds()
+        self._start = _Reading.now()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._wall = time.perf_counter() - self._wall0
-        self._cpu = _cpu_seconds() - self._cpu0
-        self._energy1 = gpu_energy_mj()
+        self._end = _Reading.now()
 
-    def energy_kwh(self, devices: DeviceUse) -> float | None:
-        """Energy of the GPUs used, or None unless NVML measured every one of them."""
-        used = [normal_uuid(u) for u in devices.uuids]
-        if not devices.count or len(used) != devices.count:
-            return None
-        if not all(u in self._energy0 and u in self._energy1 for u in used):
-            return None
-        millijoules = sum(self._energy1[u] - self._energy0[u] for u in used)
-        return millijoules / 3.6e9
+    def metrics(self, devices: DeviceUse = CPU, carried: Hours | None = None) -> dict[str, Any]:
+        """The `cost/*` metrics of the metered attempt, plus the hours of the attempts before it
+        that `carried` holds (a resumed training stage's)."""
+        from ldm.records import billed_usd  # pydantic: imported where a stage is recorded
 
-    def metrics(self, devices: DeviceUse = CPU) -> dict[str, Any]:
-        cpu_hours = self._cpu / 3600
-        gpu_hours = devices.count * self._wall / 3600
+        hours = _hours_between(self._start, self._end, devices)
+        if carried is not None:
+            hours = carried + hours
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        on_gpu = devices.count > 0
         metrics: dict[str, Any] = {
-            "cost/wall_seconds": self._wall,
-            "cost/cpu_hours": cpu_hours,
-            "cost/gpu_hours": gpu_hours,
-            "cost/usd": cpu_hours * self.prices.cpu_hour_usd + gpu_hours * self.prices.gpu_hour_usd,
+            "cost/wall_seconds": hours.wall_seconds,
+            "cost/cpu_hours": hours.cpu_hours,
+            "cost/gpu_hours": hours.gpu_hours,
+            "cost/usd": billed_usd(hours.cpu_hours, hours.gpu_hours, on_gpu, self.prices),
             "cost/device_kind": devices.kind,
             "cost/device_count": devices.count,
+            "cost/attempts": hours.attempts,
             # ru_maxrss is in KiB on Linux; the largest of this process and any one worker.
             "cost/peak_rss_mb": max(own, children) / 1024,
         }
-        energy = self.energy_kwh(devices)
-        if energy is not None:
-            metrics["cost/energy_kwh"] = energy
+        if hours.energy_kwh is not None:
+            metrics["cost/energy_kwh"] = hours.energy_kwh
         return metrics

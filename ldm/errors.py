@@ -16,6 +16,10 @@ class LdmError(Exception):
     """A problem with the user's input or setup; the message says what is wrong and what to do."""
 
 
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema; the message names the key."""
+
+
 class DataError(LdmError):
     """The data folder cannot be used as it is (missing, empty, failed the quality suite)."""
 

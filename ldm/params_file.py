@@ -10,66 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ldm.config import ConfigError, VariantConfig, validate_dict
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`section.key=value` -> (["section", "key"], value); the value is read as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(
-            f"--set {text!r}: expected section.key=value, e.g. --set data.resolution=64"
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with each `section.key=value` set; the key must already exist
-    (or be an optional field of a variant, which params.yaml may leave out)."""
-    import copy
-
-    merged = copy.deepcopy(raw)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = merged
-        for depth, key in enumerate(keys):
-            if not isinstance(node, dict) or (key not in node and not _optional_variant_key(keys)):
-                known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
-                where = ".".join(keys[: depth + 1])
-                raise ConfigError(f"--set {text!r}: unknown key '{where}' (known here: {known})")
-            if depth == len(keys) - 1:
-                node[key] = value
-            else:
-                node = node[key]
-    return merged
-
-
-def _optional_variant_key(keys: list[str]) -> bool:
-    """`variants.<name>.<field>` for a field a variant may leave out (null by default)."""
-    return (
-        len(keys) == 3
-        and keys[0] == "variants"
-        and keys[2] in VariantConfig.model_fields
-        and not VariantConfig.model_fields[keys[2]].is_required()
-    )
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (pass --params PATH)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return raw
+from ldm.config import ConfigError, apply_overrides, read_yaml, validate_dict
+from ldm.nested import parse_override
 
 
 def write_overrides(path: Path, overrides: list[str]) -> list[str]:

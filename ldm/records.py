@@ -1,6 +1,7 @@
 """The shapes of what the late stages write and read: typed, versioned by their fields.
 
-- `StageCost`: what one stage cost (`data/metrics/<stage>.json`, keys `cost/...`).
+- `StageCost`: what one stage cost (`data/metrics/<stage>.json`, keys `cost/...`), and the rule
+  that prices its hours (`billed_usd`), used as a stage ends and again by the report.
 - `ConvergenceCurve`: gFD against training step and compute during `train_diffusion`
   (`data/metrics/convergence@<variant>.json`).
 - `EvaluateRecord`: one variant's quality, speed and cost (`data/metrics/evaluate@<variant>.json`),
@@ -13,9 +14,12 @@ carries that network's name: the field `fd` measured with EfficientNet-Lite2 is 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+if TYPE_CHECKING:
+    from ldm.config import CostConfig
 
 COST_PREFIX = "cost/"
 # Numbers of an evaluation that describe the reference lines, not the generator.
@@ -65,6 +69,7 @@ class StageCost(Record):
             k.removeprefix(COST_PREFIX): v for k, v in metrics.items() if k.startswith(COST_PREFIX)
         }
         values.pop("peak_rss_mb", None)
+        values.pop("attempts", None)  # the stage's own record; a sum over stages means nothing
         if "device_count" in values:
             values["device_count"] = int(values["device_count"])
         return cls.model_validate(values)
@@ -90,6 +95,24 @@ class StageCost(Record):
         values = self.model_dump().items()
         return {prefix + k: float(v) for k, v in values if isinstance(v, int | float)}
 
+    def priced(self, prices: CostConfig) -> StageCost:
+        """This stage's hours at `prices`: the report's, so that a price change re-prices every
+        number without rerunning a stage."""
+        usd = billed_usd(self.cpu_hours, self.gpu_hours, self.device_count > 0, prices)
+        return self.model_copy(update={"usd": usd})
+
+
+def billed_usd(cpu_hours: float, gpu_hours: float, on_gpu: bool, prices: CostConfig) -> float:
+    """What a stage's hours cost: the one rule, as the stage ends and again in the report.
+
+    A GPU instance's price includes its CPUs, so a GPU stage bills its GPU-hours alone, unless
+    `cost.bill_cpu_on_gpu` (a provider that charges them apart); a CPU stage bills CPU-hours.
+    """
+    usd = cpu_hours * prices.cpu_hour_usd if prices.bill_cpu_on_gpu or not on_gpu else 0.0
+    if on_gpu:
+        usd += gpu_hours * prices.gpu_hour_usd
+    return usd
+
 
 def total_cost(costs: list[StageCost]) -> StageCost:
     """Stages that ran one after another, as one."""
@@ -108,6 +131,10 @@ class ConvergencePoint(Record):
     step: int = Field(ge=0)
     compute_hours: float = Field(ge=0.0)  # GPU-hours on GPUs, CPU-hours on a CPU, cumulative
     fd: float = Field(ge=0.0)
+    # fd's bootstrap interval (val and generated rows resampled; the curve's interval_level);
+    # None in curves from before it
+    fd_lo: float | None = Field(default=None, ge=0.0)
+    fd_hi: float | None = Field(default=None, ge=0.0)
 
 
 class ConvergenceCurve(Record):
@@ -119,6 +146,11 @@ class ConvergenceCurve(Record):
     compute_unit: str  # "gpu_hours" or "cpu_hours"
     num_samples: int = Field(ge=2)
     points: list[ConvergencePoint]
+    # The floor at num_samples rows: the mean FD of num_samples-row subsets of the train split
+    # against the val split. An FD of fewer rows reads higher, so the points are compared with
+    # this, not with the evaluation's floor. None in curves from before it.
+    floor: float | None = Field(default=None, ge=0.0)
+    interval_level: float | None = Field(default=None, gt=0.0, lt=1.0)  # the points' coverage
 
 
 class TokenizerQuality(Record):
@@ -161,10 +193,17 @@ class GenerationQuality(Record):
         "fd_infinity": "feature_net",
         "kid": "feature_net",
         "kid_std": "feature_net",
+        "cfg_selection": "feature_net",
     }
     feature_net: str
     num_samples: int = Field(ge=2)
     fd: float
+    # The guidance every number here was measured at: of evaluate.cfg_scales, the one whose
+    # samples came closest to the train split (`cfg_selection`: scale -> that FD, at
+    # evaluate.select_samples images; None when there was nothing to choose). None in records
+    # from before the choice, which used sample.cfg_scale.
+    cfg_scale: float | None = None
+    cfg_selection: dict[str, float] | None = None
     # FD extrapolated to infinitely many generated images (Chong & Forsyth 2020): comparable
     # across sample sizes, against the same val set. None in records from before it.
     fd_infinity: float | None = None
@@ -218,6 +257,9 @@ class Uncertainty(Record):
     level: float = Field(gt=0.0, lt=1.0)
     seed: int
     intervals: dict[str, Interval]
+    # each class's gFD interval, by class name (each class resampled on its own); None
+    # without classes, and in records from before per-class intervals
+    per_class: dict[str, Interval] | None = None
 
 
 class SamplingSpeed(Record):
@@ -236,6 +278,12 @@ class VariantCost(Record):
     total: StageCost
     stages: dict[str, StageCost]
 
+    def priced(self, prices: CostConfig) -> VariantCost:
+        """Each stage at `prices`, the total their sum: a sum of CPU and GPU stages has no one
+        billing rule, so the total is never priced whole."""
+        stages = {name: cost.priced(prices) for name, cost in self.stages.items()}
+        return VariantCost(total=total_cost(list(stages.values())), stages=stages)
+
 
 class EvaluateRecord(Record):
     variant: str
@@ -248,6 +296,10 @@ class EvaluateRecord(Record):
     # its FDs flatter it. False in records written before the field existed.
     self_graded: bool = False
     uncertainty: Uncertainty | None = None  # None in records from before intervals
+
+    def priced(self, prices: CostConfig) -> EvaluateRecord:
+        """The record with its cost at `prices` (see `VariantCost.priced`)."""
+        return self.model_copy(update={"cost": self.cost.priced(prices)})
 
     def interval(self, name: str) -> Interval | None:
         """The bootstrap interval of the number `name` (`fd`, `relative_fd`, ...), if measured."""
@@ -267,5 +319,9 @@ class EvaluateRecord(Record):
         for name, interval in (self.uncertainty.intervals if self.uncertainty else {}).items():
             section = "reference" if name in REFERENCE_NUMBERS else "generation"
             key = f"{section}/" + (f"fd_{self.generation.feature_net}" if name == "fd" else name)
+            flat |= {f"{key}_{part}": getattr(interval, part) for part in ("se", "lo", "hi")}
+        per_class = (self.uncertainty.per_class if self.uncertainty else None) or {}
+        for name, interval in per_class.items():
+            key = f"generation/fd_per_class/{name}"
             flat |= {f"{key}_{part}": getattr(interval, part) for part in ("se", "lo", "hi")}
         return flat

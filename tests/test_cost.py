@@ -66,8 +66,8 @@ def test_energy_sums_the_gpus_the_stage_used_only(monkeypatch: pytest.MonkeyPatc
     assert metrics["cost/energy_kwh"] == pytest.approx(600 / 3.6e6)
     wall = metrics["cost/wall_seconds"]
     assert metrics["cost/gpu_hours"] == pytest.approx(2 * wall / 3600)
-    usd = metrics["cost/gpu_hours"] * 2.0 + metrics["cost/cpu_hours"] * 0.1
-    assert metrics["cost/usd"] == pytest.approx(usd)
+    # A GPU instance's price includes its CPUs: GPU-hours alone (PRICES.bill_cpu_on_gpu false).
+    assert metrics["cost/usd"] == pytest.approx(metrics["cost/gpu_hours"] * 2.0)
     record = StageCost.from_metrics(metrics)
     assert record.device_count == 2 and record.device_kind == "NVIDIA H100 80GB HBM3"
     # A GPU NVML does not know (or one id missing) leaves the energy unmeasured, not 0.

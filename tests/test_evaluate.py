@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from ldm.errors import DataError, LdmError
+from ldm.metrics.bootstrap import Resampling, bootstrap_fd_per_class
 from ldm.metrics.extract import batches_of, extract_features
 from ldm.metrics.frechet import (
     RunningMoments,
@@ -203,6 +204,15 @@ def test_frechet_distance_per_class_matches_each_class_by_hand() -> None:
     assert set(frechet_distance_per_class(real, real_labels, fake, fake_labels)) == {"0", "1"}
     with pytest.raises(ValueError, match="labels"):
         frechet_distance_per_class(real, real_labels[:-1], fake, fake_labels)
+
+    # each class's interval: around the same point, the same classes left out
+    intervals = bootstrap_fd_per_class(
+        real, real_labels, fake, fake_labels, ["cat", "dog", "owl"], Resampling(200, 0.9, 0)
+    )
+    assert set(intervals) == {"cat", "dog"}
+    for name, estimate in intervals.items():
+        assert estimate.point == pytest.approx(per_class[name], rel=1e-9)
+        assert estimate.lo < estimate.point < estimate.hi and estimate.se > 0
 
 
 # -- precision, recall, density, coverage -------------------------------------------------------

@@ -56,6 +56,13 @@ def test_evaluate_writes_the_record_between_its_reference_lines(tiny_trial: Tiny
             sum(c.usd for c in record.cost.stages.values())
         )
         assert record.speed.sample_images_per_second > 0
+        # guidance chosen per variant on the train split, and measured at that scale
+        selection = record.generation.cfg_selection
+        assert set(selection) == {"1", "1.5", "2"}
+        assert record.generation.cfg_scale == float(min(selection, key=selection.get))
+        assert record.speed.cfg_scale == record.generation.cfg_scale
+        # every class's gFD has its interval
+        assert set(record.uncertainty.per_class) == set(record.generation.fd_per_class)
         assert (paths.evaluation(variant) / "samples.png").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     (run,) = client.search_runs(
@@ -91,6 +98,10 @@ def test_report_registers_each_generator_once_and_recommends(trial_copy: Path) -
     candidate = client.get_model_version_by_alias("ldm-generator", "candidate")
     assert str(candidate.version) == registry["candidate"]
     assert candidate.tags["variant"] == summary["recommended"]
+    # the verdict travels with the version, and names one of its outcomes
+    assert summary["outcome"] in {"recommended", "tie"}
+    assert candidate.tags["decision"] == summary["recommendation"]
+    assert json.loads(candidate.tags["gate_intervals"])["max_relative_fd"][1] > 0
 
     invoke("report", "--set", "promotion.gates.staging.max_relative_fd=1000")
     versions = client.search_model_versions("name = 'ldm-generator'")

@@ -13,8 +13,10 @@ import pytest
 
 from ldm.config import CostConfig, Gates, GatesConfig, ReportConfig
 from ldm.errors import LdmError
+from ldm.metrics.comparison import Replicate
 from ldm.records import ConvergenceCurve, EvaluateRecord, Interval, StageCost, Uncertainty
 from ldm.report import ReportHeader, ReportSummary, summarise, summary_rows, write_report
+from ldm.report.features import ReportFeatures
 from ldm.report.projection import fit_power_law, project
 
 NET = "effnet_lite2"
@@ -147,6 +149,33 @@ def falling_curve(variant: str, unit: str = "cpu_hours") -> ConvergenceCurve:
     return make_curve(variant, list(COMPUTE), power_law(FLOOR, A, B, COMPUTE), unit)
 
 
+ROWS, DIMS = 120, 8
+
+
+def features_for(records: list[EvaluateRecord], spread: float = 1.0) -> ReportFeatures:
+    """Rows whose gFDs rank as the records' do: a variant's generated rows are shifted from
+    the real ones' distribution by a mean whose squared length grows with its record's gFD."""
+    rng = np.random.default_rng(7)
+    real = lambda: rng.standard_normal((ROWS, DIMS))  # noqa: E731
+    val, train = real(), real()
+    variants = {}
+    for record in records:
+        shift = np.sqrt(record.generation.fd / 5.0 / DIMS)
+        generated = shift + spread * rng.standard_normal((ROWS, DIMS))
+        untrained = 3.0 + rng.standard_normal((ROWS, DIMS))
+        variants[record.variant] = (Replicate(generated, untrained),)
+    return ReportFeatures(
+        network=NET,
+        val=val,
+        train=train,
+        variants=variants,
+        draws=200,
+        level=0.9,
+        seed=0,
+        kid_subset_size=50,
+    )
+
+
 def img_sources(page: str) -> list[str]:
     return re.findall(r"<img[^>]*\bsrc=\"([^\"]*)\"", page)
 
@@ -164,7 +193,14 @@ def test_report_writes_self_contained_files_for_any_number_of_variants(
     }
     out = tmp_path / "reports"
     summary = write_report(
-        out, records, curves, report=REPORT, gates=gates(), prices=PRICES, header=HEADER
+        out,
+        records,
+        curves,
+        features_for(records),
+        report=REPORT,
+        gates=gates(),
+        prices=PRICES,
+        header=HEADER,
     )
 
     for name in summary.files:
@@ -192,7 +228,7 @@ def test_a_failed_rewrite_keeps_the_previous_report(
     records, curves = [make_record("a")], {"a": falling_curve("a")}
     kwargs = {"report": REPORT, "gates": gates(), "prices": PRICES, "header": HEADER}
     out = tmp_path / "reports"
-    write_report(out, records, curves, **kwargs)
+    write_report(out, records, curves, features_for(records), **kwargs)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken(*args: object) -> None:
@@ -200,7 +236,7 @@ def test_a_failed_rewrite_keeps_the_previous_report(
 
     monkeypatch.setattr("ldm.report.write.convergence_chart", broken)
     with pytest.raises(RuntimeError):
-        write_report(out, [make_record("a", 20.0)], curves, **kwargs)
+        write_report(out, [make_record("a", 20.0)], curves, features_for(records), **kwargs)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["reports"]
 
@@ -256,7 +292,9 @@ def test_projection_says_when_it_cannot_promise() -> None:
 
 def run_summary(records: list[EvaluateRecord], staging: dict[str, float]) -> ReportSummary:
     curves = {r.variant: falling_curve(r.variant) for r in records}
-    return summarise(records, curves, REPORT, gates(**staging), PRICES, HEADER)
+    return summarise(
+        records, curves, features_for(records), REPORT, gates(**staging), PRICES, HEADER
+    )
 
 
 def test_gates_refuse_and_allow_as_configured() -> None:
@@ -278,8 +316,10 @@ def test_recommendation_is_the_passing_variant_with_the_lowest_gfd() -> None:
         make_record("worse", 35.0),
     ]
     s = run_summary(records, {"min_precision": 0.5})
-    assert s.recommended == "cheap"
-    assert s.recommendation.startswith("recommended: cheap")
+    # equal gFDs cannot be told apart: the cheaper of the two is recommended, and says why
+    assert s.recommended == "cheap" and s.outcome == "tie" and s.top_set[:2] == ["cheap", "costly"]
+    assert s.recommendation.startswith("no detectable difference between cheap")
+    assert "recommending the cheaper, cheap" in s.recommendation
     assert list(s.failed_gates) == ["sharp-but-narrow"]
 
 
@@ -294,7 +334,14 @@ def test_no_passing_variant_means_not_ready_naming_the_failed_gates(tmp_path: Pa
     out = tmp_path / "reports"
     curves = {r.variant: falling_curve(r.variant) for r in records}
     write_report(
-        out, records, curves, report=REPORT, gates=gates(**staging), prices=PRICES, header=HEADER
+        out,
+        records,
+        curves,
+        features_for(records),
+        report=REPORT,
+        gates=gates(**staging),
+        prices=PRICES,
+        header=HEADER,
     )
     text = (out / "report.md").read_text()
     assert "**Not ready.**" in text and "- b: max_relative_fd" in text
@@ -323,7 +370,14 @@ def test_energy_nothing_measured_is_absent_not_zero(tmp_path: Path) -> None:
     curves = {"cpu": falling_curve("cpu"), "gpu": falling_curve("gpu", "gpu_hours")}
     out = tmp_path / "reports"
     s = write_report(
-        out, records, curves, report=REPORT, gates=gates(), prices=PRICES, header=HEADER
+        out,
+        records,
+        curves,
+        features_for(records),
+        report=REPORT,
+        gates=gates(),
+        prices=PRICES,
+        header=HEADER,
     )
     lines = (out / "report.md").read_text().splitlines()
 
@@ -344,7 +398,15 @@ def test_inputs_that_cannot_be_compared_are_refused() -> None:
     with pytest.raises(LdmError, match="different networks"):
         run_summary([make_record("a"), make_record("b", feature_net="inception")], {})
     with pytest.raises(LdmError, match="no convergence curve"):
-        summarise([make_record("a")], {}, REPORT, gates(), PRICES, HEADER)
+        summarise(
+            [make_record("a")],
+            {},
+            features_for([make_record("a")]),
+            REPORT,
+            gates(),
+            PRICES,
+            HEADER,
+        )
     with pytest.raises(LdmError, match="more than one"):
         run_summary([make_record("a"), make_record("a")], {})
 
@@ -365,7 +427,16 @@ def test_a_self_graded_variant_is_marked_wherever_its_numbers_appear(tmp_path: P
     assert [row[0] for row in table.rows] == ["plain", "aligned (self-graded)"]
     out = tmp_path / "reports"
     curves = {r.variant: falling_curve(r.variant) for r in records}
-    write_report(out, records, curves, report=REPORT, gates=gates(), prices=PRICES, header=HEADER)
+    write_report(
+        out,
+        records,
+        curves,
+        features_for(records),
+        report=REPORT,
+        gates=gates(),
+        prices=PRICES,
+        header=HEADER,
+    )
     text = (out / "report.md").read_text()
     assert "aligned (recommended) (self-graded)" in text and "**self-graded**" in text
 

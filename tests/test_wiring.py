@@ -65,8 +65,12 @@ def test_dvc_params_name_existing_config_keys() -> None:
         for entry in spec_of(stage).get("params", []):
             section, _, key = entry.partition(".")
             assert section in sections, (stage, entry)
-            if section != "variants":  # a mapping: `variants.${key}` names one entry
-                assert not key or key in sections[section].model_fields, (stage, entry)
+            if section == "variants":  # a mapping: `variants.${key}` names one entry
+                continue
+            model = sections[section]
+            for part in key.split(".") if key else []:  # `evaluate.bootstrap.level`
+                assert part in model.model_fields, (stage, entry)
+                model = model.model_fields[part].annotation
 
 
 def test_dvc_outputs_are_the_paths_the_stages_write() -> None:

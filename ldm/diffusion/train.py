@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ldm.cost import Clock, Hours
 from ldm.data.batches import to_uint8
 from ldm.diffusion.flow import flow_loss, interpolate, sample_t, velocity_target
 from ldm.diffusion.model import LightningDiT
@@ -36,7 +37,13 @@ from ldm.errors import LdmError
 from ldm.seeds import stream_seed
 from ldm.training import checkpoint
 from ldm.training.distributed import Dist, all_reduce_mean, barrier, wrap
-from ldm.training.resume import NonFiniteLoss, resume, save_resume_point
+from ldm.training.resume import (
+    NonFiniteLoss,
+    carried_hours,
+    hours_so_far,
+    resume,
+    save_resume_point,
+)
 from ldm.training.schedule import resumed_schedule
 
 if TYPE_CHECKING:  # the config module imports pydantic and yaml; the loop only needs the types
@@ -73,6 +80,8 @@ class DiffusionRun:
     history: dict[str, float] = field(default_factory=dict)
     ema: nn.Module | None = None  # set by fit_diffusion on rank 0: the weights later stages use
     probe: ConvergenceProbe | None = None  # the convergence curve, measured at sample steps
+    clock: Clock = field(default_factory=Clock)  # this attempt's hours: the stage starts it
+    carried: Hours | None = None  # set by fit_diffusion: the earlier attempts' hours, if resumed
 
 
 @functools.lru_cache(maxsize=4)
@@ -201,6 +210,7 @@ def fit_diffusion(run: DiffusionRun, tracker: Tracker, progress: Advance) -> dic
     schedule = resumed_schedule(
         cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.steps, state, "diffusion.steps"
     )
+    run.carried = carried_hours(state)
     state = state or {}
     if state:
         run.history["resumed_from_step"] = float(state["step"])
@@ -308,9 +318,11 @@ def fit_diffusion(run: DiffusionRun, tracker: Tracker, progress: Advance) -> dic
                 log_samples(done)
             # The last step is saved too, so that raising the steps later extends this run.
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                hours = hours_so_far(run.clock, run.carried, dist, device)  # every rank: a sum
                 if dist.is_main:
                     extra = {"schedule": schedule.state(), "skipped": sorted(skipped)}
                     extra |= {"gpu_hours": gpu_hours(), "compute_hours": compute_hours()}
+                    extra["hours"] = hours.state()  # the stage's whole spend, for its cost
                     if run.probe is not None:
                         extra["curve"] = run.probe.state()
                     save_resume_point(

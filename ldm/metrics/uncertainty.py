@@ -8,6 +8,7 @@
   resampled independently, with replacement.
 - `kid`: the kernel inception distance of Bińkowski et al. (2018), unbiased at any N.
 - `fd_infinity`: the FD extrapolated to infinitely many generated rows (Chong & Forsyth 2020).
+- `mean_fd_of_subsets`: the FD as it reads at fewer rows, to compare with an FD of that many.
 
 PRDC under resampling. A resample repeats rows, and a repeated row is at distance 0 from its
 copy: taken naively it would be its own k-th neighbour and its ball would have radius 0. So each
@@ -67,6 +68,7 @@ RANGES = {
 # Chong & Forsyth's FD∞: the generated set cut to these shares of its size (the real set stays
 # whole), fitted linearly in 1/N.
 FD_INFINITY_FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+KID_SUBSETS = 100  # random subset pairs behind KID's mean and spread (Bińkowski et al.)
 
 
 def kth_neighbour_radii(distances: np.ndarray, nearest_k: int) -> np.ndarray:
@@ -318,6 +320,45 @@ def subset_sizes(n: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
     return sizes
 
 
+def random_subsets(rng: np.random.Generator, n: int, size: int, draws: int) -> list[np.ndarray]:
+    """`draws` subsets of range(n), each `size` distinct row indices (without replacement)."""
+    return [rng.choice(n, size=size, replace=False) for _ in range(draws)]
+
+
+def mean_subset_fd(fd: ResampledFrechet, subsets: list[np.ndarray]) -> float:
+    """The mean FD of each subset of `fd`'s second set against the whole of its first."""
+    every_real = np.arange(len(fd.a))
+    return float(np.mean([fd(every_real, rows) for rows in subsets]))
+
+
+def mean_fd_of_subsets(
+    real: torch.Tensor | np.ndarray,
+    fake: torch.Tensor | np.ndarray,
+    size: int,
+    draws: int,
+    seed: int,
+) -> float:
+    """The FD of `fake` against the whole `real` as it reads at `size` rows: the mean FD of
+    `draws` random `size`-row subsets of `fake` (`random_subsets`, seeded by `seed`).
+
+    An FD's bias grows as the rows get fewer, so this is what to compare an FD of `size` rows
+    with: e.g. the train-vs-val floor, or the final generator, at a convergence curve's sample
+    size.
+    """
+    real, fake = as_features(real), as_features(fake)
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    if not 2 <= size <= len(fake):
+        raise ValueError(f"subsets of {size} rows need 2 to {len(fake)} rows, the set's size")
+    subsets = random_subsets(np.random.default_rng(seed), len(fake), size, draws)
+    # Only the drawn rows enter the cross product ResampledFrechet forms: a train split of tens
+    # of thousands of rows would make it (val rows x train rows).
+    used, where = np.unique(np.concatenate(subsets), return_inverse=True)
+    fd = ResampledFrechet(real, fake[used])
+    with single_threaded_blas():
+        return mean_subset_fd(fd, np.split(where, draws))
+
+
 def fd_infinity(
     real: torch.Tensor | np.ndarray,
     fake: torch.Tensor | np.ndarray,
@@ -338,15 +379,13 @@ def fd_infinity(
         raise ValueError(f"draws must be at least 1, got {draws}")
     sizes = subset_sizes(len(fake), fractions)
     fd = ResampledFrechet(real, fake)
-    every_real = np.arange(len(real))
     rng = np.random.default_rng(seed)
-
-    def mean_fd(n: int) -> float:
-        subsets = (rng.choice(len(fake), size=n, replace=False) for _ in range(draws))
-        return float(np.mean([fd(every_real, rows) for rows in subsets]))
-
     with single_threaded_blas():
-        by_size = {n: mean_fd(n) for n in sizes if n < len(fake)}
+        by_size = {
+            n: mean_subset_fd(fd, random_subsets(rng, len(fake), n, draws))
+            for n in sizes
+            if n < len(fake)
+        }
     # the full set outside that block: the very gFD the evaluation reports, to the bit (BLAS
     # round-off depends on the thread count)
     if len(fake) in sizes:

@@ -15,7 +15,7 @@ from ldm.records import ConvergenceCurve, EvaluateRecord
 from ldm.report.paper import PAPER_SETUP, PAPER_SOURCE, TABLE_2
 from ldm.report.projection import INTERVAL, UNITS
 from ldm.report.summary import ABSENT, ReportSummary, fmt, interval_note, usd, with_interval
-from ldm.report.tables import cost_section, gates_section, speed_section
+from ldm.report.tables import cost_section, gates_section, per_class_section, speed_section
 from ldm.report.text import escape, percent, table
 
 TRADEOFF_PNG = "tradeoff.png"
@@ -50,13 +50,23 @@ def _verdict(s: ReportSummary) -> str:
         lines += [
             "",
             "Loosen a gate in `params.yaml` (`promotion.gates.staging`) only if the threshold was "
-            "wrong; otherwise the projection below says what more training would cost.",
+            "wrong; otherwise the projection below says what more training would cost. The "
+            "alias `candidate` was taken from any earlier pick.",
         ]
-        return "\n".join(lines)
+        return "\n".join(lines + _comparisons(s))
+    if s.outcome == "tie":
+        members = ", ".join(f"**{name}**" for name in s.top_set)
+        lines += [
+            f"**No detectable difference between {members}: recommending the cheaper, "
+            f"{best.variant}.** {escape(s.recommendation)}.",
+        ]
+    else:
+        lines += [f"**Recommended: {best.variant}.** {escape(s.recommendation)}."]
     lines += [
-        f"**Recommended: {best.variant}.** Its generator scores gFD {fmt(best.gfd)} "
-        f"({best.gfd_net}), between the floor {fmt(best.fd_floor)} (real images against real "
-        f"images) and the ceiling {fmt(best.fd_ceiling)} (an untrained generator): it has closed "
+        "",
+        f"Its generator scores gFD {with_interval(best, 'gfd')} ({best.gfd_net}), between the "
+        f"floor {fmt(best.fd_floor)} (real images against real images) and the ceiling "
+        f"{fmt(best.fd_ceiling)} (an untrained generator): it has closed "
         f"{percent(1 - best.relative_fd)} of that gap. Precision {fmt(best.precision, 2)}, recall "
         f"{fmt(best.recall, 2)}; the trial cost {usd(best.usd)} for this variant.",
         "",
@@ -69,7 +79,51 @@ def _verdict(s: ReportSummary) -> str:
             + "."
         ),
     ]
-    return "\n".join(lines)
+    if s.plan:
+        lines += ["", f"**What it would take to decide.** {escape(s.plan)}"]
+    return "\n".join(lines + _comparisons(s))
+
+
+def _comparisons(s: ReportSummary) -> list[str]:
+    """Every pair's verdict, against the best first (not transitive: read them against it)."""
+    if not s.comparisons:
+        return []
+    anchor = s.top_set[0] if s.top_set else min(s.variants, key=lambda v: v.gfd).variant
+    ordered = sorted(s.comparisons, key=lambda c: (anchor not in (c.better, c.worse), c.better))
+    level = percent(s.comparisons[0].level)
+    rows = [
+        [
+            escape(c.better),
+            escape(c.worse),
+            f"{fmt(c.gfd_difference)} [{fmt(c.lo)}..{fmt(c.hi)}]",
+            ABSENT
+            if c.relative_fd_difference is None
+            else f"{fmt(c.relative_fd_difference, 2)} [{fmt(c.relative_fd_lo, 2)}.."
+            f"{fmt(c.relative_fd_hi, 2)}]",
+            ABSENT
+            if c.kid_difference is None
+            else f"{fmt(c.kid_difference, 2)} ± {fmt(c.kid_difference_std, 2)}",
+            "better" if c.detectable else "no detectable difference",
+        ]
+        for c in ordered
+    ]
+    columns = ["better", "than", "gFD gap", "relative FD gap", "KID gap", "verdict"]
+    return [
+        "",
+        "### Which differences are real",
+        "",
+        table(columns, rows),
+        "",
+        f"Each gap is worse minus better, with its {level} paired-bootstrap interval: one draw "
+        "resamples the validation rows once for both variants and the generated rows with the "
+        "same indices (the same noise and labels), so only the noise that differs between them "
+        "remains. A gap counts as real when its interval excludes 0 and it reaches "
+        f"`report.min_effect` of the better gFD (here {fmt(ordered[0].min_effect)} for the "
+        "first row): smaller gaps are what retraining with another seed alone causes. "
+        '"No detectable difference" is not transitive, so read the rows against the best '
+        f"({escape(anchor)}): the top set is {', '.join(map(escape, s.top_set)) or ABSENT}. "
+        "KID's gap is its mean ± standard deviation over paired subsets.",
+    ]
 
 
 def _glance(s: ReportSummary) -> str:
@@ -79,6 +133,7 @@ def _glance(s: ReportSummary) -> str:
         "PSNR (dB)",
         f"rFD ({first.rfd_net})",
         f"gFD ({first.gfd_net})",
+        "guidance",
         "floor",
         "ceiling",
         "relative FD",
@@ -97,6 +152,7 @@ def _glance(s: ReportSummary) -> str:
             fmt(v.psnr),
             fmt(v.rfd),
             with_interval(v, "gfd"),
+            ABSENT if v.cfg_scale is None else f"{v.cfg_scale:g}",
             fmt(v.fd_floor),
             fmt(v.fd_ceiling),
             with_interval(v, "relative_fd", 2),
@@ -125,6 +181,10 @@ def _glance(s: ReportSummary) -> str:
             "what an untrained generator scores with that variant's tokenizer.",
             "- **relative FD** = (gFD − floor) / (ceiling − floor): 0 is as good as real data, "
             "1 as bad as an untrained generator.",
+            "- **guidance** is the classifier-free guidance scale each variant's numbers were "
+            "measured at: of `evaluate.cfg_scales`, the one whose samples came closest to the "
+            "*training* images, so that choosing it does not flatter the gFD measured on the "
+            "validation images. The registered model samples at it by default.",
             "- **rFD** and **PSNR** measure the tokenizer alone: how well it reconstructs "
             "validation images. **precision** is the share of generated images that look like "
             "real ones (fidelity), **recall** the share of real images the generator covers "
@@ -142,6 +202,15 @@ def _glance(s: ReportSummary) -> str:
 
 
 def _tradeoff(s: ReportSummary, image: Callable[[str], str]) -> str:
+    level = s.variants[0].interval_level
+    bars = (
+        f" A vertical bar is the gFD's {percent(level)} bootstrap interval; two bars that "
+        "overlap do not by themselves mean the variants do not differ, since a pair shares its "
+        "val rows and their noise cancels in the difference: the verdicts (paired comparisons) "
+        "decide."
+        if level is not None
+        else ""
+    )
     rows = [
         [
             row.label,
@@ -163,7 +232,7 @@ def _tradeoff(s: ReportSummary, image: Callable[[str], str]) -> str:
             "PSNR) against its generator's gFD. The dashed line is the floor; the short bar in a "
             "variant's colour is its ceiling. The paper's dilemma is that a tokenizer which "
             "reconstructs better (left in the rFD panel) can make generation worse (higher); "
-            "alignment (VF loss) aims to lower gFD at little reconstruction cost.",
+            f"alignment (VF loss) aims to lower gFD at little reconstruction cost.{bars}",
             "",
             f"Bottom row, for orientation only: {PAPER_SOURCE} ({PAPER_SETUP}). Those are FIDs in "
             f"Inception on ImageNet with far more compute; our FDs use {s.variants[0].gfd_net} on "
@@ -172,6 +241,39 @@ def _tradeoff(s: ReportSummary, image: Callable[[str], str]) -> str:
             table(["paper tokenizer", "rFID", "PSNR", "gFID B", "gFID L", "gFID XL"], rows),
         ]
     )
+
+
+def _sample_size_note(inputs: ReportInputs) -> str:
+    """Whether each curve's points, floor and target are compared at the curve's sample size."""
+    evaluated = {r.variant: r.generation.num_samples for r in inputs.records}
+    same, older = [], []
+    for v in inputs.summary.variants:
+        p, n_eval = v.projection, evaluated[v.variant]
+        if p.target_at_sample_size is None:
+            older.append(f"{v.variant} (points at N = {p.sample_size}, lines at N = {n_eval})")
+            continue
+        shift = p.target_at_sample_size - p.target_fd
+        sign = "+" if shift >= 0 else "−"
+        same.append(
+            f"{v.variant}, N = {p.sample_size} of {n_eval}: {fmt(p.target_fd)} {sign} "
+            f"{fmt(abs(shift))} = {fmt(p.target_at_sample_size)}"
+        )
+    notes = []
+    if same:
+        notes.append(
+            "An FD of fewer samples reads higher, so a curve's points, its floor (train vs val "
+            "at as many samples) and the target are compared at the curve's own sample size N, "
+            "the target moved by how much higher the evaluated generator reads at N than on all "
+            "its samples: " + "; ".join(same) + "."
+        )
+    if older:
+        notes.append(
+            "Curves from before their own floor compare their points with the evaluation's "
+            "floor and target, at more samples, which errs towards more compute: "
+            + "; ".join(older)
+            + "."
+        )
+    return " ".join(notes)
 
 
 def _projection(inputs: ReportInputs, image: Callable[[str], str]) -> str:
@@ -199,9 +301,11 @@ def _projection(inputs: ReportInputs, image: Callable[[str], str]) -> str:
             f"![gFD against generator compute per variant]({image(CONVERGENCE_PNG)})",
             "",
             "Each point is a cheap gFD of samples from the generator during training, against "
-            f"the cumulative compute of its DiT training ({', '.join(spent_units)}). The dashed "
-            f"line is the floor, the dash-dotted line the target ({fmt(cfg.target_fd)}, "
-            "`report.target_fd`), dotted lines the fitted curves extended.",
+            f"the cumulative compute of its DiT training ({', '.join(spent_units)}), shaded "
+            "by its bootstrap interval where the curve recorded one. The dashed line is the "
+            f"floor, the dash-dotted line the target ({fmt(cfg.target_fd)}, "
+            "`report.target_fd`), each at the sample size the label gives; dotted lines are the "
+            "fitted curves extended.",
             "",
             table(
                 ["variant", "points", "b ± s.e.", "DiT compute spent", "price", "projection"], rows
@@ -226,9 +330,8 @@ def _projection(inputs: ReportInputs, image: Callable[[str], str]) -> str:
             "sampler. The points come from one run whose learning rate changes along it "
             "(warm-up, decay), so the fit mixes the effect of more compute with that of the "
             "schedule; a longer run, its schedule stretched, traces its own curve. Read the "
-            "projection as an order of magnitude. The curve's gFD uses fewer samples than the "
-            "evaluation's, and an FD from fewer samples reads higher: on that count the "
-            "projection errs towards more compute. Errors are taken as multiplicative and "
+            f"projection as an order of magnitude. {_sample_size_note(inputs)} "
+            "Errors are taken as multiplicative and "
             "independent between points; a few points give a wide interval, and no interval "
             "covers a change of regime beyond the last point.",
         ]
@@ -242,10 +345,11 @@ def markdown(inputs: ReportInputs, image: Callable[[str], str]) -> str:
         _header(s),
         _verdict(s),
         _glance(s),
+        per_class_section(inputs.records),
         _tradeoff(s, image),
         _projection(inputs, image),
         cost_section(inputs.records, s),
         gates_section(s),
         speed_section(inputs.records),
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(section for section in sections if section) + "\n"

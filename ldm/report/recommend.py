@@ -7,12 +7,23 @@ the recommended variant is one promotion accepts.
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 from ldm.config import GatesConfig
 from ldm.errors import LdmError
 from ldm.records import ConvergenceCurve, EvaluateRecord, Interval
-from ldm.report.gates import GateResult, check_gates, gate_values
-from ldm.report.summary import GateCheck, Projection, VariantSummary, fmt
+from ldm.report.gates import GateResult, check_gates, gate_intervals, gate_values
+from ldm.report.summary import (
+    Comparison,
+    GateCheck,
+    Projection,
+    VariantSummary,
+    usd,
+    with_interval,
+)
+from ldm.report.verdicts import between, gap_text, top_set
+
+Outcome = Literal["recommended", "tie", "not_ready"]
 
 
 def check_inputs(records: list[EvaluateRecord], curves: dict[str, ConvergenceCurve]) -> None:
@@ -67,14 +78,17 @@ def summary_intervals(record: EvaluateRecord) -> dict[str, Interval]:
 def summarise_variant(
     record: EvaluateRecord, gates: GatesConfig, projection: Projection
 ) -> VariantSummary:
-    values = gate_values(record)
-    staging = check_gates(gates.staging, values)
-    production = check_gates(gates.production, values)
+    values, intervals = gate_values(record), gate_intervals(record)
+    staging = check_gates(gates.staging, values, intervals)
+    production = check_gates(gates.production, values, intervals)
     ref, gen, total = record.reference, record.generation, record.cost.total
     relative = ref.relative(gen.fd)
     # GPU-hours when the variant used a GPU anywhere, else CPU-hours
     gpu = total.gpu_hours > 0
     hours, unit = (total.gpu_hours, "gpu_hours") if gpu else (total.cpu_hours, "cpu_hours")
+    # what one more seed costs: the stages named after this variant, not the shared ones
+    own = [cost for stage, cost in record.cost.stages.items() if "@" in stage]
+    own_hours = sum(c.gpu_hours if gpu else c.cpu_hours for c in own)
     return VariantSummary(
         variant=record.variant,
         self_graded=record.self_graded,
@@ -96,8 +110,11 @@ def summarise_variant(
         energy_kwh=total.energy_kwh,
         gap_closed_per_usd=(1 - relative) / total.usd if total.usd > 0 else None,
         fd_gain_per_compute_hour=((ref.fd_random_latents - gen.fd) / hours if hours > 0 else None),
+        per_seed_usd=sum(c.usd for c in own),
+        per_seed_compute_hours=own_hours,
         intervals=summary_intervals(record),
         interval_level=record.uncertainty.level if record.uncertainty else None,
+        cfg_scale=gen.cfg_scale,
         kid=gen.kid,
         kid_std=gen.kid_std,
         fd_infinity=gen.fd_infinity,
@@ -109,22 +126,49 @@ def summarise_variant(
     )
 
 
-def recommend(variants: list[VariantSummary]) -> tuple[str | None, str, dict[str, list[str]]]:
-    """(variant or None, the sentence, failed staging gates per variant).
+def recommend(
+    variants: list[VariantSummary], comparisons: list[Comparison]
+) -> tuple[Outcome, str | None, str, list[str], dict[str, list[str]]]:
+    """(outcome, variant or None, the sentence, the top set, failed staging gates per variant).
 
-    Among the variants that pass every staging gate, the lowest gFD wins; on a tie, the
-    cheaper one. Comparing raw gFDs is fair here: check_inputs made sure one network measured
-    them all.
+    Only variants that pass every staging gate can be recommended. Among them the top set
+    (ldm/report/verdicts.py) holds the best by gFD and every one not detectably worse: alone,
+    it is recommended; with company, the cheapest of them is, and the sentence says that the
+    trial could not tell them apart. Comparing raw gFDs is fair: check_inputs made sure one
+    network measured them all.
     """
     failed = {v.variant: [g.text for g in v.staging if not g.passed] for v in variants}
     failed = {name: texts for name, texts in failed.items() if texts}
     passing = [v for v in variants if v.passed_staging]
     if not passing:
         listed = "; ".join(f"{name}: {', '.join(texts)}" for name, texts in failed.items())
-        return None, f"not ready: no variant passes the staging gates ({listed})", failed
-    best = min(passing, key=lambda v: (v.gfd, v.usd))
-    text = (
-        f"recommended: {best.variant} (gFD {fmt(best.gfd)} in {best.gfd_net}, "
-        f"floor {fmt(best.fd_floor)}, ceiling {fmt(best.fd_ceiling)}; passes the staging gates)"
+        return (
+            "not_ready",
+            None,
+            f"not ready: no variant passes the staging gates ({listed})",
+            [],
+            failed,
+        )
+    top = top_set(passing, comparisons)
+    by_name = {v.variant: v for v in variants}
+    if len(top) == 1:
+        best = by_name[top[0]]
+        beaten = [between(comparisons, best.variant, v.variant) for v in passing if v is not best]
+        evidence = "; ".join(c.text for c in beaten) or "the only variant that passes"
+        text = (
+            f"recommended: {best.variant} (gFD {with_interval(best, 'gfd')} in {best.gfd_net}; "
+            f"{evidence}; passes the staging gates)"
+        )
+        return "recommended", best.variant, text, top, failed
+    members = [by_name[name] for name in top]
+    cheapest = min(members, key=lambda v: (v.usd, v.gfd))
+    gaps = "; ".join(
+        f"{v.variant}: {gap_text(between(comparisons, top[0], v.variant))}" for v in members[1:]
     )
-    return best.variant, text, failed
+    listed = ", ".join(v.variant for v in members[:-1]) + f" and {members[-1].variant}"
+    costs = ", ".join(f"{v.variant} {usd(v.usd)}" for v in members)
+    text = (
+        f"no detectable difference between {listed} ({gaps}): recommending the cheaper, "
+        f"{cheapest.variant} ({costs}; passes the staging gates)"
+    )
+    return "tie", cheapest.variant, text, top, failed

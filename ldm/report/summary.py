@@ -43,8 +43,14 @@ class Projection(Model):
     spent_compute_hours: float  # the curve's last point: what this trial's generator used
     limit_compute_hours: float  # projection_budget_multiple x spent; beyond it: "not reached"
     target_fd: float
-    floor: float
+    floor: float  # what the fit falls to: the curve's own (at sample_size) where it has one
     n_points: int  # curve points the fit used
+    # Generated images behind each curve point, and the target moved to that sample size
+    # (`curve_size_shift`). target_at_sample_size None: the points were compared with the
+    # evaluation's floor and target (a curve from before its own floor). Both None in summaries
+    # written before them.
+    sample_size: int | None = None
+    target_at_sample_size: float | None = None
     a: float | None = None  # FD(c) = floor + a * c^(-b)
     b: float | None = None
     b_stderr: float | None = None
@@ -61,7 +67,29 @@ class GateCheck(Model):
     threshold: float
     value: float | None
     passed: bool
+    lo: float | None = None  # the value's interval; a gate reads its far end (gates.py)
+    hi: float | None = None
     text: str  # GateResult.describe()
+
+
+class Comparison(Model):
+    """Two variants' gFDs compared with a paired bootstrap (ldm/metrics/comparison.py)."""
+
+    better: str  # the lower gFD by point estimate
+    worse: str
+    gfd_difference: float  # worse - better, >= 0
+    lo: float  # its interval at `level`
+    hi: float
+    se: float
+    level: float
+    min_effect: float  # the smallest gFD gap counted as real: report.min_effect x better's gFD
+    detectable: bool  # the interval excludes 0 and the gap reaches min_effect
+    relative_fd_difference: float | None = None  # worse - better, with its interval
+    relative_fd_lo: float | None = None
+    relative_fd_hi: float | None = None
+    kid_difference: float | None = None  # mean and spread over KID's paired subsets
+    kid_difference_std: float | None = None
+    text: str  # the verdict as a sentence
 
 
 class VariantSummary(Model):
@@ -88,6 +116,7 @@ class VariantSummary(Model):
     # recall, density, coverage; empty for an evaluation from before intervals.
     intervals: dict[str, Interval] = {}
     interval_level: float | None = None
+    cfg_scale: float | None = None  # the guidance its numbers were measured at (chosen on train)
     kid: float | None = None  # in gfd_net's space
     kid_std: float | None = None
     fd_infinity: float | None = None
@@ -97,13 +126,25 @@ class VariantSummary(Model):
     production: list[GateCheck]
     passed_production: bool  # the gates alone; promotion also needs the version in staging
     projection: Projection
+    # What one more training seed of this variant costs: its own stages (tokenizer, latents,
+    # DiT, evaluation), not the shared ones (validation, preparation, reference features).
+    per_seed_usd: float = 0.0
+    per_seed_compute_hours: float = 0.0  # in compute_unit
+    seeds: int = 1  # training seeds behind its numbers
+    seed_spread: float | None = None  # standard deviation of its gFD over seeds; None: one seed
 
 
 class ReportSummary(Model):
     header: ReportHeader
     target_fd: float
     recommended: str | None  # None: no variant passed the staging gates
+    # recommended: one variant is better than every other passing one; tie: several are
+    # not detectably different and the cheapest is recommended; not_ready: none passes
+    outcome: Literal["recommended", "tie", "not_ready"]
     recommendation: str  # the sentence, for logs and the terminal
+    top_set: list[str] = []  # the best passing variant and every passing one not detectably worse
+    comparisons: list[Comparison] = []  # every pair of variants
+    plan: str | None = None  # what a trial that could decide would need and cost
     failed_gates: dict[str, list[str]]  # variant -> descriptions of its failed staging gates
     trial_usd: float  # every stage counted once (shared stages are in each variant's total)
     variants: list[VariantSummary]
@@ -167,6 +208,13 @@ def interval_note(summary: ReportSummary) -> str:
     )
 
 
+def standing(summary: ReportSummary, variant: str) -> str:
+    """`yes`, `top set` (not detectably worse than the best), or nothing."""
+    if variant == summary.recommended:
+        return "yes"
+    return "top set" if variant in summary.top_set else ""
+
+
 def summary_rows(summary: ReportSummary) -> TerminalSummary:
     """Per variant the key numbers with their intervals and reference lines, its cost, and the
     verdict. The reference lines get a column of their own, written `floor / ceiling`, so that
@@ -195,8 +243,9 @@ def summary_rows(summary: ReportSummary) -> TerminalSummary:
             with_interval(v, "precision", 2),
             with_interval(v, "recall", 2),
             usd(v.usd),
-            "yes" if v.variant == summary.recommended else "",
+            standing(summary, v.variant),
         )
         for v in summary.variants
     ]
-    return TerminalSummary(columns, rows, summary.recommendation, interval_note(summary))
+    verdict = summary.recommendation + (f"\n{summary.plan}" if summary.plan else "")
+    return TerminalSummary(columns, rows, verdict, interval_note(summary))

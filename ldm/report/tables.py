@@ -132,3 +132,32 @@ def speed_section(records: list[EvaluateRecord]) -> str:
             note,
         ]
     )
+
+
+def per_class_section(records: list[EvaluateRecord]) -> str:
+    """Each class's gFD per variant, with its interval; empty when the data has no classes."""
+    classes = sorted({c for r in records for c in (r.generation.fd_per_class or {})})
+    if not classes:
+        return ""
+
+    def cell(record: EvaluateRecord, name: str) -> str:
+        value = (record.generation.fd_per_class or {}).get(name)
+        per_class = (record.uncertainty.per_class if record.uncertainty else None) or {}
+        interval = per_class.get(name)
+        if value is None or interval is None:
+            return fmt(value)
+        return f"{fmt(value)} [{fmt(interval.lo)}..{fmt(interval.hi)}]"
+
+    rows = [[escape(name), *(cell(r, name) for r in records)] for name in classes]
+    return "\n".join(
+        [
+            "## Per class",
+            "",
+            table(["class", *(escape(r.variant) for r in records)], rows),
+            "",
+            "Each class's gFD (its generated images against its validation images), with its "
+            "bootstrap interval: a class has a few dozen images on each side, so these read far "
+            "above the overall gFD and vary more; compare a class across variants, not "
+            "classes with each other.",
+        ]
+    )

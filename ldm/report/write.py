@@ -13,10 +13,12 @@ from ldm.files import swap_in
 from ldm.records import ConvergenceCurve, EvaluateRecord, trial_cost
 from ldm.report.charts import convergence_chart, tradeoff_chart
 from ldm.report.document import CONVERGENCE_PNG, TRADEOFF_PNG, ReportInputs, markdown
+from ldm.report.features import ReportFeatures
 from ldm.report.html import data_uri, to_html
-from ldm.report.projection import project
+from ldm.report.projection import curve_size_shift, project
 from ldm.report.recommend import check_inputs, recommend, summarise_variant
 from ldm.report.summary import ReportHeader, ReportSummary
+from ldm.report.verdicts import compared, plan_for
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -38,6 +40,7 @@ def price_per_hour(compute_unit: str, prices: CostConfig) -> float:
 def summarise(
     records: list[EvaluateRecord],
     curves: dict[str, ConvergenceCurve],
+    features: ReportFeatures,
     report: ReportConfig,
     gates: GatesConfig,
     prices: CostConfig,
@@ -55,14 +58,29 @@ def summarise(
             price_per_hour=price_per_hour(curve.compute_unit, prices),
             budget_multiple=report.projection_budget_multiple,
             final_fd=record.generation.fd,
+            target_shift=curve_size_shift(
+                curve, features.val, features.variants[record.variant][0].generated
+            ),
         )
         variants.append(summarise_variant(record, gates, projection))
-    recommended, text, failed = recommend(variants)
+    variants, comparisons = compared(variants, features, report.min_effect)
+    outcome, recommended, text, top, failed = recommend(variants, comparisons)
     return ReportSummary(
         header=header,
         target_fd=report.target_fd,
         recommended=recommended,
+        outcome=outcome,
         recommendation=text,
+        top_set=top,
+        comparisons=comparisons,
+        plan=plan_for(
+            outcome,
+            top,
+            variants,
+            comparisons,
+            report.seed_spread_prior,
+            records[0].generation.num_samples,
+        ),
         failed_gates=failed,
         trial_usd=trial_cost(records).usd,
         variants=variants,
@@ -74,6 +92,7 @@ def write_report(
     out_dir: Path,
     records: list[EvaluateRecord],
     curves: dict[str, ConvergenceCurve],
+    features: ReportFeatures,
     *,
     report: ReportConfig,
     gates: GatesConfig,
@@ -83,7 +102,7 @@ def write_report(
     """Write `out_dir` (report.md, report.html, the PNG charts, summary.json) and return the
     summary. The files are built in a sibling folder and swapped in whole, so a failure leaves
     the previous report as it was."""
-    summary = summarise(records, curves, report, gates, prices, header)
+    summary = summarise(records, curves, features, report, gates, prices, header)
     inputs = ReportInputs(records=records, curves=curves, report=report, summary=summary)
     projections = {v.variant: v.projection for v in summary.variants}
 

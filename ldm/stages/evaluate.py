@@ -1,7 +1,8 @@
 """The evaluate stage: one variant's generator measured, between a floor and a ceiling.
 
-- generation: `evaluate.num_samples` class-balanced samples from fixed noise against the val
-  split: FD, precision, recall, density, coverage, and FD per class;
+- guidance: of `evaluate.cfg_scales`, the scale whose samples come closest to the train split;
+- generation: `evaluate.num_samples` class-balanced samples from fixed noise, at that scale,
+  against the val split: FD, precision, recall, density, coverage, and FD per class;
 - reference lines, with the same network and sample sizes: the train split against the val
   split (what a perfect generator scores) and decoded N(0, I) latents (what an untrained one
   scores), so every FD reads between them;
@@ -31,7 +32,8 @@ from ldm.records import (
     VariantCost,
     total_cost,
 )
-from ldm.stages.inputs import reference_features, released_tokenizer
+from ldm.stages.inputs import released_tokenizer
+from ldm.stages.kept_features import reference_features
 from ldm.stages.result import StageResult
 from ldm.tracker import Tracker
 from ldm.training.devices import pick_device
@@ -80,7 +82,10 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
     untrained = extract_features(net, decoded(tokenizer, noise, sc.batch_size))
 
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
-    generated, shown, timing = generate_and_measure(model, tokenizer, net, labels, cfg, device)
+    scale, selection = choose_guidance(model, tokenizer, net, labels, cfg, device, train)
+    generated, shown, timing = generate_and_measure(
+        model, tokenizer, net, labels, cfg, device, scale, "generate and measure"
+    )
     encode_seconds = time_encoding(tokenizer, val_images, batch, device)
 
     # The features stay with the evaluation (the report resamples them; no network reruns).
@@ -94,10 +99,13 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
     )
     estimates, kid_mean, kid_std, fd_inf = uncertainty_of(val, generated, train, untrained, ev)
     fd = estimates["fd"].point
-    per_class = None
+    per_class, per_class_intervals = None, None
     if model.num_classes:
         per_class = frechet_distance_per_class(
             val, val_labels, generated, labels.numpy(), class_names
+        )
+        per_class_intervals = class_intervals(
+            val, val_labels, generated, labels.numpy(), class_names, ev
         )
     Image.fromarray(image_grid(shown, columns=GRID_PER_CLASS)).save(
         paths.evaluation(variant) / "samples.png"
@@ -106,6 +114,8 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
         feature_net=net.name,
         num_samples=n,
         fd=fd,
+        cfg_scale=scale,
+        cfg_selection=selection,
         fd_infinity=fd_inf,
         kid=kid_mean,
         kid_std=kid_std,
@@ -122,14 +132,13 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
         draws=ev.bootstrap.draws,
         level=ev.bootstrap.level,
         seed=ev.bootstrap.seed,
-        intervals={
-            name: Interval(se=e.se, lo=e.lo, hi=e.hi, bias=e.bias) for name, e in estimates.items()
-        },
+        intervals={name: as_interval(e) for name, e in estimates.items()},
+        per_class=per_class_intervals,
     )
     speed = SamplingSpeed(
         solver=sc.solver,
         steps=sc.steps,
-        cfg_scale=sc.cfg_scale,
+        cfg_scale=scale,
         device_kind="cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
         sample_images_per_second=n / (timing["sample"] + timing["decode"]),
         encode_images_per_second=len(val_images) / encode_seconds,
@@ -167,7 +176,6 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
 
 
 FD_INFINITY_DRAWS = 10  # random subsets of the generated set per size behind FD∞
-KID_SUBSETS = 100  # random subset pairs behind KID's mean and spread (Bińkowski et al.)
 
 
 def uncertainty_of(
@@ -181,6 +189,7 @@ def uncertainty_of(
     from ldm.metrics.bootstrap import Resampling
     from ldm.metrics.uncertainty import (
         FD_INFINITY_FRACTIONS,
+        KID_SUBSETS,
         fd_infinity,
         generation_estimates,
         kid,
@@ -203,6 +212,58 @@ def uncertainty_of(
     return estimates, kid_mean, kid_std, fd_inf.value
 
 
+def choose_guidance(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    net: torch.nn.Module,
+    labels: torch.Tensor | None,
+    cfg: Config,
+    device: torch.device,
+    train: np.ndarray,
+) -> tuple[float, dict[str, float] | None]:
+    """The guidance scale of `evaluate.cfg_scales` whose `evaluate.select_samples` images (the
+    same noise and labels at every scale) come closest to the TRAIN split,
+    with each scale's FD. Chosen on train and measured on val: a scale picked by the number it
+    is then reported with would flatter it. An unconditional model has nothing to guide."""
+    from ldm.metrics.frechet import frechet_distance_between
+
+    ev = cfg.evaluate
+    if labels is None:
+        return 1.0, None
+    if len(ev.cfg_scales) == 1:
+        return ev.cfg_scales[0], None
+    count = min(ev.select_samples, len(labels))
+    found = {}
+    for scale in ev.cfg_scales:
+        rows, _, _ = generate_and_measure(
+            model, tokenizer, net, labels[:count], cfg, device, scale, f"guidance {scale:g}"
+        )
+        found[scale] = frechet_distance_between(train, rows)
+    best = min(found, key=found.get)
+    return best, {f"{scale:g}": fd for scale, fd in found.items()}
+
+
+def as_interval(e: Estimate) -> Interval:
+    return Interval(se=e.se, lo=e.lo, hi=e.hi, bias=e.bias)
+
+
+def class_intervals(
+    val: np.ndarray,
+    val_labels: np.ndarray,
+    generated: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    ev: EvaluateConfig,
+) -> dict[str, Interval]:
+    """Each class's gFD interval (`evaluate.bootstrap`, each class resampled on its own)."""
+    from ldm.metrics.bootstrap import Resampling, bootstrap_fd_per_class
+
+    b = ev.bootstrap
+    resampling = Resampling(b.draws, b.level, b.seed)
+    found = bootstrap_fd_per_class(val, val_labels, generated, labels, class_names, resampling)
+    return {name: as_interval(e) for name, e in found.items()}
+
+
 def generate_and_measure(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -210,11 +271,13 @@ def generate_and_measure(
     labels: torch.Tensor | None,
     cfg: Config,
     device: torch.device,
+    guidance: float,
+    description: str,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Features of `evaluate.num_samples` generated images, a few of them per class for the
-    grid, and the seconds spent sampling and decoding. Batch by batch: at 256 px, 50,000 images
-    would not fit in memory. Batch k draws its noise from (evaluate.seed, k), so the same
-    settings give the same images."""
+    """Features of one generated image per label (`evaluate.num_samples` of them), a few per
+    class for the grid, and the seconds spent sampling and decoding. Batch by batch: at 256 px,
+    50,000 images would not fit in memory. Batch k draws its noise from (evaluate.seed, k), so
+    the same settings give the same images."""
     import numpy as np
     import torch
 
@@ -223,11 +286,11 @@ def generate_and_measure(
     from ldm.progress import progress_bar
     from ldm.seeds import stream_seed
 
-    sc, n = cfg.sample, cfg.evaluate.num_samples
-    guidance = sc.cfg_scale if labels is not None else 1.0
+    sc = cfg.sample
+    n = cfg.evaluate.num_samples if labels is None else len(labels)
     features, shown, timing = [], [], {"sample": 0.0, "decode": 0.0}
     wanted = {c: GRID_PER_CLASS for c in range(max(1, model.num_classes))}
-    with progress_bar("generate and measure", n, images_per_unit=1) as advance:
+    with progress_bar(description, n, images_per_unit=1) as advance:
         for k, start in enumerate(range(0, n, sc.batch_size)):
             stop = min(start + sc.batch_size, n)
             chunk_labels = None if labels is None else labels[start:stop]

@@ -5,7 +5,8 @@
 waits for it, so `dvc repro` and `ldm run` see one command like any stage. The launching process
 keeps the stage's record: it opens the MLflow run (rank 0 logs its curves into it), meters the
 cost of the whole job, and reads one report per rank from a folder named in LDM_RANK_REPORTS:
-each rank's device and outcome, and rank 0's metrics and artifacts. The reports also carry the
+each rank's device and outcome, and rank 0's metrics, artifacts and the hours its resume point
+carried from earlier attempts (summed over the ranks by the loop). The reports also carry the
 ranks' exit codes back, which torchrun itself folds into 1.
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ldm.cost import DeviceUse, device_of_this_process
+from ldm.cost import DeviceUse, Hours, device_of_this_process
 from ldm.errors import LdmError
 from ldm.stages.result import StageResult
 
@@ -120,7 +121,9 @@ def outcome(
     devices = DeviceUse(
         main["device_kind"], len(gpus), tuple(r["device_uuid"] for r in gpus if r["device_uuid"])
     )
-    return StageResult(main["metrics"], [Path(a) for a in main["artifacts"]]), devices
+    artifacts = [Path(a) for a in main["artifacts"]]
+    carried = Hours.from_state(main.get("carried"))
+    return StageResult(main["metrics"], artifacts, carried=carried), devices
 
 
 def run_rank(body: Callable[[Any], StageResult], tracker: Any) -> StageResult:
@@ -131,6 +134,7 @@ def run_rank(body: Callable[[Any], StageResult], tracker: Any) -> StageResult:
         result = body(tracker)
         if rank == 0:
             report |= {"metrics": result.metrics, "artifacts": [str(a) for a in result.artifacts]}
+            report["carried"] = result.carried.state() if result.carried else None
         return result
     except LdmError as err:
         report |= {"outcome": "user_error", "message": str(err)}

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ldm.config import Config
 from ldm.errors import DataError
 from ldm.files import write_json_atomic
 from ldm.paths import Paths
 from ldm.progress import notice
-from ldm.records import ConvergenceCurve, EvaluateRecord, trial_cost
+from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost, trial_cost
 from ldm.stages.result import StageResult
 from ldm.tracker import Tracker
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ldm.report import ReportSummary
+    from ldm.report.features import ReportFeatures
     from ldm.tracking.registry import Provenance
 
 
@@ -30,7 +33,7 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
 
     from ldm import tracking
     from ldm.report import ReportHeader, write_report
-    from ldm.tracking.registry import Provenance
+    from ldm.tracking.registry import MAX_TAG_CHARS, Provenance
 
     records, curves = [], {}
     for variant in cfg.variants:
@@ -42,6 +45,10 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
             )
         records.append(EvaluateRecord.model_validate_json(evaluation.read_text()))
         curves[variant] = ConvergenceCurve.model_validate_json(curve.read_text())
+    # At the `cost` section's prices: the stages recorded hours, so a price change re-prices
+    # every number below (each variant's cost, gates, the trial's total) without a rerun.
+    records = [record.priced(cfg.cost) for record in records]
+    features = report_features(cfg, paths, records)
     meta = json.loads((paths.prepared / "meta.json").read_text())
     tags = tracking.provenance_tags(paths.root)
     header = ReportHeader(
@@ -59,6 +66,7 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         paths.reports,
         records,
         curves,
+        features,
         report=cfg.report,
         gates=cfg.promotion.gates,
         prices=cfg.cost,
@@ -69,25 +77,88 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         data_manifest_sha256=meta["source_manifest_sha256"],
         git_commit=tags["git_commit"],
         dvc_lock_sha256=tags.get("dvc_lock_sha256", ""),
+        decision=summary.recommendation,
     )
-    versions = register(cfg, paths, records, summary.recommended, provenance)
+    versions = register(cfg, paths, records, summary, provenance)
     write_json_atomic(paths.reports / "registry.json", versions)
-    # `cost/*` summed over the trial's stages (each once), and `cost/<variant>/*` per variant
-    costs = trial_cost(records).metrics()
+    # `cost/<variant>/*` per variant here; the trial's `cost/*` (its stages, each once, and
+    # this report) in `document`, once the runner knows this stage's own cost. This run's own
+    # `cost/*` is its own, as every stage run's is.
+    per_variant = {}
     for record in records:
-        costs |= record.cost.total.metrics(f"cost/{record.variant}/")
+        per_variant |= record.cost.total.metrics(f"cost/{record.variant}/")
     parent = tracking.parent_tracker(paths.root)
     for target in [tracker] + ([parent] if parent is not None else []):
-        target.log_metrics(costs | quality_metrics(summary))
+        target.log_metrics(per_variant | quality_metrics(summary))
         target.log_artifact(paths.reports)
         target.set_tags(
             {
                 "ldm.recommended": summary.recommended or "not ready",
-                "decision": summary.recommendation[:5000],
+                "ldm.outcome": summary.outcome,
+                "ldm.top_set": ", ".join(summary.top_set),
+                "decision": summary.recommendation[:MAX_TAG_CHARS],
+                **({"decision.plan": summary.plan[:MAX_TAG_CHARS]} if summary.plan else {}),
             }
         )
+    upstream = trial_cost(records)
+
+    def document(own_metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        """The trial's total, this report's own cost included, on the trial's run; this run
+        holds its own cost and that total's `trial_usd`."""
+        total = upstream + StageCost.from_metrics(own_metrics)
+        if parent is not None:
+            parent.log_metrics(total.metrics())
+        own = {k: v for k, v in own_metrics.items() if isinstance(v, int | float)}
+        return own_metrics, own | {"trial_usd": total.usd}
+
     metrics = {"trial_usd": summary.trial_usd, "variants": float(len(records))}
-    return StageResult(metrics, [])
+    return StageResult(metrics, [], document=document)
+
+
+def report_features(cfg: Config, paths: Paths, records: list[EvaluateRecord]) -> ReportFeatures:
+    """The rows behind every variant's numbers, as `reference` and `evaluate` kept them."""
+    from ldm.metrics.comparison import Replicate
+    from ldm.report.features import ReportFeatures
+    from ldm.stages.kept_features import evaluation_features, reference_features
+
+    network = records[0].generation.feature_net
+    variants = {}
+    for record in records:
+        kept = evaluation_features(paths, record.variant, network)
+        variants[record.variant] = (Replicate(kept["generated"], kept["untrained"]),)
+    bootstrap = records[0].uncertainty
+    if bootstrap is None:
+        raise DataError(
+            f"{paths.stage_metrics('evaluate@' + records[0].variant)} predates intervals: run "
+            f"`ldm evaluate --variant {records[0].variant}` again"
+        )
+    val = reference_features(paths, "val", network)[0]
+    check_kept_rows(records, val, variants)
+    return ReportFeatures(
+        network=network,
+        val=val,
+        train=reference_features(paths, "train", network)[0],
+        variants=variants,
+        draws=bootstrap.draws,
+        level=bootstrap.level,
+        seed=bootstrap.seed,
+        kid_subset_size=cfg.evaluate.kid_subset_size,
+    )
+
+
+def check_kept_rows(records: list[EvaluateRecord], val: np.ndarray, variants: dict) -> None:
+    """The kept rows give each record's own gFD: else an evaluation and its features come from
+    different runs (a copied file), and a verdict on them would contradict the table."""
+    from ldm.metrics.frechet import frechet_distance_between
+
+    for record in records:
+        fd = frechet_distance_between(val, variants[record.variant][0].generated)
+        if abs(fd - record.generation.fd) > 1e-6 * max(1.0, abs(record.generation.fd)):
+            raise DataError(
+                f"data/evaluations/{record.variant}/features.npz gives gFD {fd:.6g}, its record "
+                f"says {record.generation.fd:.6g}: run `ldm evaluate --variant {record.variant}`"
+                " again"
+            )
 
 
 def quality_metrics(summary: ReportSummary) -> dict[str, float]:
@@ -104,6 +175,13 @@ def quality_metrics(summary: ReportSummary) -> dict[str, float]:
             "rfd": v.rfd,
         }
         metrics |= {f"quality/{v.variant}/{k}": x for k, x in values.items() if x is not None}
+        for name, interval in v.intervals.items():
+            if name in values:
+                metrics |= {f"quality/{v.variant}/{name}_lo": interval.lo}
+                metrics |= {f"quality/{v.variant}/{name}_hi": interval.hi}
+    for c in summary.comparisons:  # what the verdict rests on
+        pair = f"verdict/{c.worse}_vs_{c.better}/gfd_difference"
+        metrics |= {pair: c.gfd_difference, f"{pair}_lo": c.lo, f"{pair}_hi": c.hi}
     return metrics
 
 
@@ -111,7 +189,7 @@ def register(
     cfg: Config,
     paths: Paths,
     records: list[EvaluateRecord],
-    recommended: str | None,
+    summary: ReportSummary,
     provenance: Provenance,
 ) -> dict:
     """Each variant's generator as a version of `registry.model_name` (an unchanged one is
@@ -124,17 +202,22 @@ def register(
     from ldm.tracking.registry import register_generator
 
     name = cfg.registry.model_name
+    recommended = summary.recommended
     versions, candidate, withdrawn = {}, None, None
     for record in records:
         tokenizer, diffusion = paths.tokenizer(record.variant), paths.diffusion(record.variant)
+        # registered with the guidance its evaluation chose (older records: sample.cfg_scale)
+        chosen = record.generation.cfg_scale
+        sampler = (
+            cfg.sample if chosen is None else cfg.sample.model_copy(update={"cfg_scale": chosen})
+        )
         registration = register_generator(
-            paths.root, name, tokenizer, diffusion, cfg.sample, record, provenance
+            paths.root, name, tokenizer, diffusion, sampler, record, provenance
         )
         versions[record.variant] = registration.version
         if record.variant == recommended:
             candidate = registration.version
-            reason = f"the report recommends {recommended}: it passes the staging gates"
-            set_candidate(paths.root, name, candidate, reason)
+            set_candidate(paths.root, name, candidate, summary.recommendation)
     if recommended is None:
         reason = "the latest trial is not ready: no variant passes the staging gates"
         withdrawn = clear_candidate(paths.root, name, reason)

@@ -98,7 +98,11 @@ def _run_recorded(
             else:
                 result = spec.function(cfg, paths, tracker, *args)
                 devices = device_of_this_process(int(os.environ.get("WORLD_SIZE", "1")))
-        metrics = result.metrics | meter.metrics(devices)
+        # The loop that resumed knows what the earlier attempts spent (its resume point keeps
+        # it); the meter knows this attempt. The result carries the former here, rather than
+        # the loop reading a meter: under torchrun the meter is in this launcher process and
+        # the loop in a rank, and the result already travels from rank 0 (launch.run_rank).
+        metrics = result.metrics | meter.metrics(devices, result.carried)
         content = metrics
         if result.document is not None:
             content, metrics = result.document(metrics)

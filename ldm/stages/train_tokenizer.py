@@ -16,6 +16,7 @@ import json
 from contextlib import nullcontext
 
 from ldm.config import Config
+from ldm.cost import Clock
 from ldm.errors import DataError
 from ldm.paths import Paths
 from ldm.progress import notice, progress_bar
@@ -43,6 +44,7 @@ RESUMABLE_SETTINGS = frozenset(
 
 def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
     """Train one variant's tokenizer; release it with its latent statistics and quality."""
+    clock = Clock()  # this attempt's hours, from its start: its resume points keep them
     import torch
 
     from ldm.data.batches import ImageBatches, check_images
@@ -51,7 +53,7 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     from ldm.pretrained.features import load_eval_features
     from ldm.pretrained.foundation import load_foundation
     from ldm.pretrained.perceptual import build_perceptual, load_perceptual_metric
-    from ldm.stages.inputs import reference_features
+    from ldm.stages.kept_features import reference_features
     from ldm.tokenizer.align import VFProjection
     from ldm.tokenizer.evaluation import latent_statistics, measure_reconstruction
     from ldm.tokenizer.model import Tokenizer, arch_from_preset
@@ -124,6 +126,7 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         device=device,
         notice=notice,
         dist=dist,
+        clock=clock,
     )
     try:
         bar = (
@@ -176,4 +179,4 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
             "source_manifest_sha256": meta["source_manifest_sha256"],
         },
     )
-    return StageResult(metrics, [release / "config.json"])
+    return StageResult(metrics, [release / "config.json"], carried=run.carried)

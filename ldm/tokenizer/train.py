@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ldm.cost import Clock, Hours
 from ldm.data.batches import ImageBatches, to_uint8
 from ldm.errors import LdmError
 from ldm.tokenizer.align import adaptive_vf_weight, vf_loss
@@ -48,7 +49,13 @@ from ldm.tokenizer.discriminator import (
 )
 from ldm.tokenizer.model import Tokenizer
 from ldm.training.distributed import Dist, all_reduce_mean, barrier, wrap
-from ldm.training.resume import NonFiniteLoss, resume, save_resume_point
+from ldm.training.resume import (
+    NonFiniteLoss,
+    carried_hours,
+    hours_so_far,
+    resume,
+    save_resume_point,
+)
 from ldm.training.schedule import resumed_schedule
 
 if TYPE_CHECKING:  # the config module imports pydantic; the loop only needs the types
@@ -134,6 +141,8 @@ class TrainRun:
     dist: Dist = field(default_factory=Dist)
     history: dict[str, float] = field(default_factory=dict)
     discriminator: nn.Module | None = None  # set by fit when tokenizer.disc_weight > 0
+    clock: Clock = field(default_factory=Clock)  # this attempt's hours: the stage starts it
+    carried: Hours | None = None  # set by fit: the earlier attempts' hours, when it resumed
 
 
 def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
@@ -199,6 +208,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
     start = 0 if state is None else int(state["step"])
     if state is not None:
         run.history["resumed_from_step"] = float(start)
+    run.carried = carried_hours(state)
     schedule = resumed_schedule(
         cfg.lr, cfg.lr_schedule, cfg.warmup_steps, run.steps, state, "tokenizer.steps"
     )
@@ -307,6 +317,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
             barrier()
         # The last step is saved too, so that raising the steps later extends this run.
         if done % cfg.checkpoint_every == 0 or done == run.steps:
+            hours = hours_so_far(run.clock, run.carried, dist, device)  # every rank: a sum
             if dist.is_main:
                 save_resume_point(
                     run.work_dir,
@@ -315,7 +326,7 @@ def fit(run: TrainRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
                     run.settings,
                     modules,
                     saved,
-                    {"schedule": schedule.state()},
+                    {"schedule": schedule.state(), "hours": hours.state()},
                 )
             barrier()  # a rank killed after this step resumes from the state just written
         progress(1, loss=final_loss)

@@ -1,7 +1,8 @@
 """Promotion: who may hold the `candidate`, `staging` and `production` aliases, and the record.
 
 A version reaches `staging` or `production` only through the gates of `promotion.gates.<stage>`,
-read against the numbers stored on the version at registration (tag `gate_values`); production
+read against the numbers stored on the version at registration (tags `gate_values` and
+`gate_intervals`: a gate reads the far end of an interval where there is one); production
 also requires that the version once held staging. `--force` overrides failed gates with a reason,
 and says so in the record. Each move gives the previous holder `previous-<stage>`, which is what
 `rollback` returns the alias to.
@@ -26,7 +27,13 @@ from typing import TYPE_CHECKING
 from ldm.config import Gates
 from ldm.errors import LdmError
 from ldm.report.gates import check_gates
-from ldm.tracking.registry import GATE_VALUES_TAG, INTRO, get_version, resolve_alias
+from ldm.tracking.registry import (
+    GATE_INTERVALS_TAG,
+    GATE_VALUES_TAG,
+    INTRO,
+    get_version,
+    resolve_alias,
+)
 from ldm.tracking.runs import store_client
 
 if TYPE_CHECKING:
@@ -104,7 +111,9 @@ def clear_candidate(root: Path, model_name: str, reason: str) -> str | None:
 def check_promotion(version: ModelVersion, stage: str, gates: Gates) -> tuple[list[str], list[str]]:
     """(every gate's result line, the failed ones) for `version` and `stage`."""
     values = json.loads(version.tags.get(GATE_VALUES_TAG, "{}"))
-    results = check_gates(gates, values)
+    # versions registered before intervals carry points only: their gates read the point
+    intervals = json.loads(version.tags.get(GATE_INTERVALS_TAG, "{}"))
+    results = check_gates(gates, values, intervals)
     lines = [r.describe() for r in results]
     failures = [r.describe() for r in results if not r.passed]
     if stage == "production":

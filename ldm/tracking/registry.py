@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ldm.config import SampleConfig
 from ldm.errors import LdmError
 from ldm.records import EvaluateRecord
-from ldm.report.gates import gate_values
+from ldm.report.gates import gate_intervals, gate_values
 from ldm.tracking.runs import store_client, tracking_uri
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 GATE_VALUES_TAG = "gate_values"
+MAX_TAG_CHARS = 5000  # what MLflow's stores keep of a tag value
+GATE_INTERVALS_TAG = "gate_intervals"  # [lo, hi] per gate: a gate reads its far end
 IDENTITY_TAG = "generator_sha256"
 MODEL_TYPE = "ldm-generator"
 
@@ -39,6 +41,7 @@ class Provenance:
     data_manifest_sha256: str
     git_commit: str
     dvc_lock_sha256: str
+    decision: str = ""  # the registering trial's verdict sentence; "" outside a report
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ def metric_tags(record: EvaluateRecord) -> dict[str, str]:
     tags = {key: f"{value:.6g}" for key, value in values.items()}
     tags["feature_net"] = gen.feature_net
     tags[GATE_VALUES_TAG] = json.dumps(gate_values(record), sort_keys=True)
+    tags[GATE_INTERVALS_TAG] = json.dumps(gate_intervals(record), sort_keys=True)
     return tags
 
 
@@ -124,6 +128,8 @@ def register_generator(
     client = store_client(root)
     identity = generator_identity(tokenizer, diffusion, sampler)
     metrics = metric_tags(record)
+    if provenance.decision:  # the latest trial's verdict travels with the version it judged
+        metrics["decision"] = provenance.decision[:MAX_TAG_CHARS]
     existing = find_version(client, model_name, identity[IDENTITY_TAG])
     if existing is not None:
         for key, value in metrics.items():

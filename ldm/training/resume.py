@@ -2,11 +2,13 @@
 
 Both loops save the same things at a resume point: every module's weights, every optimiser's
 state under its own key, what the saved tensors mean (`identity`) and the settings they were
-trained under, and the loop's own extras (the learning-rate schedule, counters, curves).
+trained under, and the loop's own extras (the learning-rate schedule, counters, curves, and the
+hours the stage spent so far, which the attempt resuming there carries into its cost record).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldm.cost import Clock, Hours, device_of_this_process
 from ldm.errors import LdmError
 from ldm.training import checkpoint
-from ldm.training.distributed import Dist, barrier
+from ldm.training.distributed import Dist, all_reduce_mean, barrier
 
 
 class NonFiniteLoss(LdmError):
@@ -94,3 +97,29 @@ def cpu_state(optimizer: torch.optim.Optimizer) -> dict:
         for key, per_param in sd["state"].items()
     }
     return sd
+
+
+def carried_hours(state: dict[str, Any] | None) -> Hours | None:
+    """What the attempts before this one spent up to the resume point `state` (None when
+    training starts at step 0, or from a resume point written before hours were kept)."""
+    return Hours.from_state(state.get("hours")) if state else None
+
+
+def hours_so_far(clock: Clock, carried: Hours | None, dist: Dist, device: torch.device) -> Hours:
+    """The stage's hours up to now, for a resume point: `carried` plus this attempt's on every
+    rank (its CPU-, GPU-hours and energy summed; the wall time is this rank's: rank 0 saves it).
+    Under DDP every rank calls it at the same step: the sum is an all-reduce."""
+    own = clock.hours(device_of_this_process())  # one GPU per rank, or the CPU
+    if dist.world_size > 1:
+        # NaN where a rank's GPU was not measured: the sum is then unknown, not a part
+        energy = math.nan if own.energy_kwh is None else own.energy_kwh
+        values = torch.tensor([own.cpu_hours, own.gpu_hours, energy], dtype=torch.float64)
+        summed = all_reduce_mean(values.to(device)) * dist.world_size
+        cpu_hours, gpu_hours, energy = summed.tolist()
+        own = Hours(
+            wall_seconds=own.wall_seconds,
+            cpu_hours=cpu_hours,
+            gpu_hours=gpu_hours,
+            energy_kwh=None if math.isnan(energy) else energy,
+        )
+    return own if carried is None else carried + own
