@@ -55,13 +55,13 @@ def _verdict(s: ReportSummary) -> str:
         ]
         return "\n".join(lines + _comparisons(s))
     if s.outcome == "tie":
-        members = ", ".join(f"**{name}**" for name in s.top_set)
-        lines += [
-            f"**No detectable difference between {members}: recommending the cheaper, "
-            f"{best.variant}.** {escape(s.recommendation)}.",
-        ]
+        members = ", ".join(s.top_set[:-1]) + f" and {s.top_set[-1]}"
+        headline = (
+            f"No detectable difference between {members}: recommending the cheaper, {best.variant}."
+        )
     else:
-        lines += [f"**Recommended: {best.variant}.** {escape(s.recommendation)}."]
+        headline = f"Recommended: {best.variant}."
+    lines += [f"**{escape(headline)}** {escape(s.evidence)}."]
     lines += [
         "",
         f"Its generator scores gFD {with_interval(best, 'gfd')} ({best.gfd_net}), between the "

@@ -6,7 +6,7 @@ the recommended variant is one promotion accepts.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from ldm.config import GatesConfig
@@ -126,12 +126,27 @@ def summarise_variant(
     )
 
 
-def recommend(
-    variants: list[VariantSummary], comparisons: list[Comparison]
-) -> tuple[Outcome, str | None, str, list[str], dict[str, list[str]]]:
-    """(outcome, variant or None, the sentence, the top set, failed staging gates per variant).
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    recommended: str | None  # None: not ready
+    headline: str  # `recommended: plain`, `no detectable difference between ...`, `not ready`
+    evidence: str  # what it rests on: the gaps and their intervals, or the failed gates
+    top_set: list[str]
+    failed: dict[str, list[str]]  # failed staging gates per variant
 
-    Only variants that pass every staging gate can be recommended. Among them the top set
+    @property
+    def text(self) -> str:
+        """The one sentence of the terminal, the report, MLflow and the registry."""
+        return f"{self.headline} ({self.evidence})"
+
+
+# One seed measures no retraining noise: a verdict on it says so.
+ONE_SEED = "one training seed: the intervals hold the sampling noise, not retraining's"
+
+
+def recommend(variants: list[VariantSummary], comparisons: list[Comparison]) -> Verdict:
+    """Only variants that pass every staging gate can be recommended. Among them the top set
     (ldm/report/verdicts.py) holds the best by gFD and every one not detectably worse: alone,
     it is recommended; with company, the cheapest of them is, and the sentence says that the
     trial could not tell them apart. Comparing raw gFDs is fair: check_inputs made sure one
@@ -142,33 +157,37 @@ def recommend(
     passing = [v for v in variants if v.passed_staging]
     if not passing:
         listed = "; ".join(f"{name}: {', '.join(texts)}" for name, texts in failed.items())
-        return (
-            "not_ready",
-            None,
-            f"not ready: no variant passes the staging gates ({listed})",
-            [],
-            failed,
-        )
+        headline = "not ready: no variant passes the staging gates"
+        return Verdict("not_ready", None, headline, listed, [], failed)
     top = top_set(passing, comparisons)
     by_name = {v.variant: v for v in variants}
+    caveat = [ONE_SEED] if len(variants) > 1 and by_name[top[0]].seeds == 1 else []
     if len(top) == 1:
         best = by_name[top[0]]
         beaten = [between(comparisons, best.variant, v.variant) for v in passing if v is not best]
-        evidence = "; ".join(c.text for c in beaten) or "the only variant that passes"
-        text = (
-            f"recommended: {best.variant} (gFD {with_interval(best, 'gfd')} in {best.gfd_net}; "
-            f"{evidence}; passes the staging gates)"
+        evidence = [
+            f"gFD {with_interval(best, 'gfd')} in {best.gfd_net}",
+            *(c.text for c in beaten),
+            "passes the staging gates" + ("" if beaten else "; the only variant that does"),
+            *caveat,
+        ]
+        return Verdict(
+            "recommended",
+            best.variant,
+            f"recommended: {best.variant}",
+            "; ".join(evidence),
+            top,
+            failed,
         )
-        return "recommended", best.variant, text, top, failed
     members = [by_name[name] for name in top]
     cheapest = min(members, key=lambda v: (v.usd, v.gfd))
-    gaps = "; ".join(
+    gaps = [
         f"{v.variant}: {gap_text(between(comparisons, top[0], v.variant))}" for v in members[1:]
-    )
+    ]
     listed = ", ".join(v.variant for v in members[:-1]) + f" and {members[-1].variant}"
     costs = ", ".join(f"{v.variant} {usd(v.usd)}" for v in members)
-    text = (
-        f"no detectable difference between {listed} ({gaps}): recommending the cheaper, "
-        f"{cheapest.variant} ({costs}; passes the staging gates)"
+    headline = (
+        f"no detectable difference between {listed}: recommending the cheaper, {cheapest.variant}"
     )
-    return "tie", cheapest.variant, text, top, failed
+    evidence = [*gaps, costs, f"{cheapest.variant} passes the staging gates", *caveat]
+    return Verdict("tie", cheapest.variant, headline, "; ".join(evidence), top, failed)

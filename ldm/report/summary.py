@@ -142,6 +142,7 @@ class ReportSummary(Model):
     # not detectably different and the cheapest is recommended; not_ready: none passes
     outcome: Literal["recommended", "tie", "not_ready"]
     recommendation: str  # the sentence, for logs and the terminal
+    evidence: str = ""  # what the recommendation rests on: the sentence's part in brackets
     top_set: list[str] = []  # the best passing variant and every passing one not detectably worse
     comparisons: list[Comparison] = []  # every pair of variants
     plan: str | None = None  # what a trial that could decide would need and cost

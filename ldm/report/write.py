@@ -64,24 +64,25 @@ def summarise(
         )
         variants.append(summarise_variant(record, gates, projection))
     variants, comparisons = compared(variants, features, report.min_effect)
-    outcome, recommended, text, top, failed = recommend(variants, comparisons)
+    verdict = recommend(variants, comparisons)
     return ReportSummary(
         header=header,
         target_fd=report.target_fd,
-        recommended=recommended,
-        outcome=outcome,
-        recommendation=text,
-        top_set=top,
+        recommended=verdict.recommended,
+        outcome=verdict.outcome,
+        recommendation=verdict.text,
+        evidence=verdict.evidence,
+        top_set=verdict.top_set,
         comparisons=comparisons,
         plan=plan_for(
-            outcome,
-            top,
+            verdict.outcome,
+            verdict.top_set,
             variants,
             comparisons,
             report.seed_spread_prior,
             records[0].generation.num_samples,
         ),
-        failed_gates=failed,
+        failed_gates=verdict.failed,
         trial_usd=trial_cost(records).usd,
         variants=variants,
         files=list(FILES),
