@@ -203,12 +203,11 @@ class CostMeter:
             hours = carried + hours
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        on_gpu = devices.count > 0
         metrics: dict[str, Any] = {
             "cost/wall_seconds": hours.wall_seconds,
             "cost/cpu_hours": hours.cpu_hours,
             "cost/gpu_hours": hours.gpu_hours,
-            "cost/usd": billed_usd(hours.cpu_hours, hours.gpu_hours, on_gpu, self.prices),
+            "cost/usd": billed_usd(hours.cpu_hours, hours.gpu_hours, self.prices),
             "cost/device_kind": devices.kind,
             "cost/device_count": devices.count,
             "cost/attempts": hours.attempts,

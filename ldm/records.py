@@ -98,20 +98,21 @@ class StageCost(Record):
     def priced(self, prices: CostConfig) -> StageCost:
         """This stage's hours at `prices`: the report's, so that a price change re-prices every
         number without rerunning a stage."""
-        usd = billed_usd(self.cpu_hours, self.gpu_hours, self.device_count > 0, prices)
+        usd = billed_usd(self.cpu_hours, self.gpu_hours, prices)
         return self.model_copy(update={"usd": usd})
 
 
-def billed_usd(cpu_hours: float, gpu_hours: float, on_gpu: bool, prices: CostConfig) -> float:
+def billed_usd(cpu_hours: float, gpu_hours: float, prices: CostConfig) -> float:
     """What a stage's hours cost: the one rule, as the stage ends and again in the report.
 
-    A GPU instance's price includes its CPUs, so a GPU stage bills its GPU-hours alone, unless
-    `cost.bill_cpu_on_gpu` (a provider that charges them apart); a CPU stage bills CPU-hours.
+    A GPU instance's price includes its CPUs, so hours on a GPU bill GPU-hours alone, unless
+    `cost.bill_cpu_on_gpu` (a provider that charges them apart); without GPU-hours the CPU-hours
+    are billed. Read from the hours, not from the last attempt's device: a stage resumed on
+    another device carries the hours its earlier attempts spent on theirs.
     """
+    on_gpu = gpu_hours > 0
     usd = cpu_hours * prices.cpu_hour_usd if prices.bill_cpu_on_gpu or not on_gpu else 0.0
-    if on_gpu:
-        usd += gpu_hours * prices.gpu_hour_usd
-    return usd
+    return usd + gpu_hours * prices.gpu_hour_usd
 
 
 def total_cost(costs: list[StageCost]) -> StageCost:

@@ -55,9 +55,19 @@ def burn_cpu(seconds: float) -> None:
 
 
 def test_a_gpu_stage_bills_gpu_hours_only_unless_bill_cpu_on_gpu() -> None:
-    assert billed_usd(8.0, 2.0, True, PRICES) == pytest.approx(2 * 2.0)
-    assert billed_usd(8.0, 2.0, True, BOTH) == pytest.approx(2 * 2.0 + 8 * 0.1)
-    assert billed_usd(8.0, 0.0, False, PRICES) == billed_usd(8.0, 0.0, False, BOTH) == 0.8
+    assert billed_usd(8.0, 2.0, PRICES) == pytest.approx(2 * 2.0)
+    assert billed_usd(8.0, 2.0, BOTH) == pytest.approx(2 * 2.0 + 8 * 0.1)
+    assert billed_usd(8.0, 0.0, PRICES) == billed_usd(8.0, 0.0, BOTH) == 0.8
+    # a stage resumed on a CPU after GPU attempts: the carried GPU-hours are still billed
+    carried = StageCost(
+        wall_seconds=7200.0,
+        cpu_hours=8.0,
+        gpu_hours=2.0,
+        usd=0.0,
+        device_kind="cpu",
+        device_count=0,
+    )
+    assert carried.priced(PRICES).usd == pytest.approx(2 * 2.0)
     # The meter bills with the same rule as the report.
     for prices in (PRICES, BOTH):
         with CostMeter(prices) as meter:
@@ -65,7 +75,7 @@ def test_a_gpu_stage_bills_gpu_hours_only_unless_bill_cpu_on_gpu() -> None:
         metrics = meter.metrics(H100, None)
         cpu, gpu = metrics["cost/cpu_hours"], metrics["cost/gpu_hours"]
         assert cpu > 0 and gpu == pytest.approx(2 * metrics["cost/wall_seconds"] / 3600)
-        assert metrics["cost/usd"] == pytest.approx(billed_usd(cpu, gpu, True, prices))
+        assert metrics["cost/usd"] == pytest.approx(billed_usd(cpu, gpu, prices))
         assert StageCost.from_metrics(metrics).priced(prices).usd == pytest.approx(
             metrics["cost/usd"]
         )
@@ -153,7 +163,8 @@ def test_hours_survive_a_resume_point_and_add_up() -> None:
     metrics = meter.metrics(cost.CPU, both)
     assert metrics["cost/attempts"] == 3
     assert metrics["cost/wall_seconds"] > 15.0 and metrics["cost/cpu_hours"] > 0.75
-    assert metrics["cost/usd"] == pytest.approx(metrics["cost/cpu_hours"] * 0.1)
+    # earlier attempts' GPU-hours are billed though this one ran on a CPU (GPU-hours only)
+    assert metrics["cost/usd"] == pytest.approx(metrics["cost/gpu_hours"] * 2.0)
     assert "cost/energy_kwh" not in metrics  # this attempt on a CPU measured none
     assert StageCost.from_metrics(metrics).cpu_hours == metrics["cost/cpu_hours"]
 

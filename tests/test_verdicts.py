@@ -85,7 +85,7 @@ def test_recommend_returns_each_of_its_three_outcomes() -> None:
     assert clear.top_set == ["best"]
     assert clear.recommendation.startswith("recommended: best")
     assert "best better than far by" in clear.recommendation
-    assert "one training seed" in clear.recommendation  # what its interval does not hold
+    assert "retraining spread assumed (one seed" in clear.recommendation
     (c,) = clear.comparisons
     assert c.detectable and c.better == "best" and 0 < c.lo <= c.gfd_difference <= c.hi
 
@@ -99,17 +99,25 @@ def test_recommend_returns_each_of_its_three_outcomes() -> None:
     assert none.recommendation.startswith("not ready")
 
 
-def comparison(gap: float, se: float, min_effect: float = 0.5) -> Comparison:
+def comparison(gap: float, s_w: float, retraining: float, min_effect: float = 0.5) -> Comparison:
+    """One seed's comparison: images' spread s_w, an assumed retraining spread."""
+    se = math.hypot(s_w, retraining)
     return Comparison(
         better="a",
         worse="b",
         gfd_difference=gap,
-        lo=gap - 2 * se,
-        hi=gap + 2 * se,
+        lo=gap - 1.645 * se,
+        hi=gap + 1.645 * se,
         se=se,
         level=0.9,
         min_effect=min_effect,
+        min_effect_share=0.013,
         detectable=False,
+        sampling_lo=gap - 1.645 * s_w,
+        sampling_hi=gap + 1.645 * s_w,
+        sampling_se=s_w,
+        retraining_se=retraining,
+        retraining_assumed=True,
         text="",
     )
 
@@ -117,17 +125,29 @@ def comparison(gap: float, se: float, min_effect: float = 0.5) -> Comparison:
 def test_the_planner_states_its_model_and_its_assumption() -> None:
     s = run_summary([make_record("a", 40.0, usd=3.0), make_record("b", 40.5, usd=1.0)], {})
     a, b = s.variants
-    text = plan(comparison(2.0, 1.5), a, b, seed_spread_prior=3.0, num_samples=256)
-    sigma = math.sqrt(2 * 3.0**2 + 1.5**2)
-    seeds = math.ceil((z_of(0.9) * sigma / 2.0) ** 2)
-    assert f"needs about {seeds} training seeds per variant" in text
-    assert "assumed (report.seed_spread_prior" in text and "√(2·s_b² + s_w²)" in text
-    cost = seeds * (a.per_seed_usd + b.per_seed_usd)
+    z = z_of(0.9)
+    text = plan(comparison(4.0, 1.0, 4.0), a, b, num_samples=256)
+    seeds = math.ceil(z**2 * 4.0**2 / (4.0**2 - (z * 1.0) ** 2))
+    assert f"needs about {seeds} training seeds per variant, {seeds - 1} more" in text
+    assert "assumed (one seed measures none" in text and "√(s_w² + S²/n)" in text
+    cost = (seeds - 1) * (a.per_seed_usd + b.per_seed_usd)
     assert f"${cost:,.2f}" in text or f"${cost:.2g}" in text
-    assert "More generated samples alone cannot decide" in text  # s_b dominates here
 
-    small = plan(comparison(0.2, 1.5), a, b, seed_spread_prior=None, num_samples=256)
+    # a gap inside the evaluation's own noise: seeds cannot help, more images must come first
+    noisy = plan(comparison(2.0, 1.5, 4.0), a, b, num_samples=256)
+    samples = math.ceil(256 * (z * 1.5 / 2.0) ** 2)
+    assert "No number of seeds" in noisy and f"about {samples:,} generated images" in noisy
+
+    small = plan(comparison(0.2, 1.5, 4.0), a, b, num_samples=256)
     assert "below report.min_effect" in small and "no budget makes it matter" in small
 
-    default = plan(comparison(2.0, 1.5), a, b, seed_spread_prior=None, num_samples=256)
-    assert "assumed equal to the within-seed spread" in default
+
+def test_one_seed_widens_the_verdict_by_the_retraining_it_could_not_measure() -> None:
+    # a gap the images alone would call real, which an assumed retraining spread swallows
+    records = [make_record("a", 40.0, usd=3.0), make_record("b", 52.0, usd=1.0)]
+    s = run_summary(records, {})
+    (c,) = s.comparisons
+    assert c.retraining_assumed and c.sampling_lo > 0
+    assert c.lo < 0 < c.hi and not c.detectable
+    assert c.se == pytest.approx(math.hypot(c.sampling_se, c.retraining_se))
+    assert s.outcome == "tie" and "with the retraining spread assumed" in s.recommendation

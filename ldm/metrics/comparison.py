@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ldm.errors import DataError
 from ldm.metrics.bootstrap import Estimate, Resampling, resample, single_threaded_blas, summarise
 from ldm.metrics.frechet import ResampledFrechet, as_features, frechet_distance_between
 from ldm.records import relative_fd
@@ -50,7 +51,7 @@ def check_paired(variants: dict[str, Sequence[Replicate]]) -> None:
         raise ValueError("every variant needs at least one replicate")
     shapes = {(r.generated.shape, r.untrained.shape) for reps in variants.values() for r in reps}
     if len(shapes) != 1:
-        raise ValueError(
+        raise DataError(
             f"the variants' feature sets differ in shape {sorted(shapes)}: a paired comparison "
             "needs the same evaluate.num_samples for every variant and seed"
         )

@@ -54,14 +54,9 @@ def _verdict(s: ReportSummary) -> str:
             "alias `candidate` was taken from any earlier pick.",
         ]
         return "\n".join(lines + _comparisons(s))
-    if s.outcome == "tie":
-        members = ", ".join(s.top_set[:-1]) + f" and {s.top_set[-1]}"
-        headline = (
-            f"No detectable difference between {members}: recommending the cheaper, {best.variant}."
-        )
-    else:
-        headline = f"Recommended: {best.variant}."
-    lines += [f"**{escape(headline)}** {escape(s.evidence)}."]
+    # the sentence is `headline (evidence)`: the headline in bold, then what it rests on
+    headline = s.recommendation.removesuffix(f" ({s.evidence})")
+    lines += [f"**{escape(headline[:1].upper() + headline[1:])}.** {escape(s.evidence)}."]
     lines += [
         "",
         f"Its generator scores gFD {with_interval(best, 'gfd')} ({best.gfd_net}), between the "
@@ -122,7 +117,8 @@ def _comparisons(s: ReportSummary) -> list[str]:
         "first row): smaller gaps are what retraining with another seed alone causes. "
         '"No detectable difference" is not transitive, so read the rows against the best '
         f"({escape(anchor)}): the top set is {', '.join(map(escape, s.top_set)) or ABSENT}. "
-        "KID's gap is its mean ± standard deviation over paired subsets.",
+        "KID's gap is its mean ± standard deviation over paired subsets of its own (the same "
+        "rows for both variants), so it need not equal the difference of the KIDs above.",
     ]
 
 

@@ -141,8 +141,9 @@ class Verdict:
         return f"{self.headline} ({self.evidence})"
 
 
-# One seed measures no retraining noise: a verdict on it says so.
-ONE_SEED = "one training seed: the intervals hold the sampling noise, not retraining's"
+# Costs closer than this share are the same cost: wall-clock meters jitter by that much, and a
+# tie broken by jitter would move `candidate` at random.
+SAME_COST = 0.05
 
 
 def recommend(variants: list[VariantSummary], comparisons: list[Comparison]) -> Verdict:
@@ -161,7 +162,6 @@ def recommend(variants: list[VariantSummary], comparisons: list[Comparison]) -> 
         return Verdict("not_ready", None, headline, listed, [], failed)
     top = top_set(passing, comparisons)
     by_name = {v.variant: v for v in variants}
-    caveat = [ONE_SEED] if len(variants) > 1 and by_name[top[0]].seeds == 1 else []
     if len(top) == 1:
         best = by_name[top[0]]
         beaten = [between(comparisons, best.variant, v.variant) for v in passing if v is not best]
@@ -169,7 +169,6 @@ def recommend(variants: list[VariantSummary], comparisons: list[Comparison]) -> 
             f"gFD {with_interval(best, 'gfd')} in {best.gfd_net}",
             *(c.text for c in beaten),
             "passes the staging gates" + ("" if beaten else "; the only variant that does"),
-            *caveat,
         ]
         return Verdict(
             "recommended",
@@ -180,14 +179,23 @@ def recommend(variants: list[VariantSummary], comparisons: list[Comparison]) -> 
             failed,
         )
     members = [by_name[name] for name in top]
-    cheapest = min(members, key=lambda v: (v.usd, v.gfd))
+    lowest = min(v.usd for v in members)
+    # the cheapest, and among those within SAME_COST of it, the better gFD
+    cheapest = min(
+        (v for v in members if v.usd <= lowest * (1 + SAME_COST)), key=lambda v: (v.gfd, v.usd)
+    )
     gaps = [
         f"{v.variant}: {gap_text(between(comparisons, top[0], v.variant))}" for v in members[1:]
     ]
     listed = ", ".join(v.variant for v in members[:-1]) + f" and {members[-1].variant}"
     costs = ", ".join(f"{v.variant} {usd(v.usd)}" for v in members)
-    headline = (
-        f"no detectable difference between {listed}: recommending the cheaper, {cheapest.variant}"
+    clearly = all(v.usd > lowest * (1 + SAME_COST) for v in members if v is not cheapest)
+    pick = (
+        f"recommending the cheaper, {cheapest.variant}"
+        if clearly
+        else f"recommending {cheapest.variant}, among those that cost about the same (within "
+        f"{SAME_COST:.0%}) the lower gFD"
     )
-    evidence = [*gaps, costs, f"{cheapest.variant} passes the staging gates", *caveat]
+    headline = f"no detectable difference between {listed}: {pick}"
+    evidence = [*gaps, costs, f"{cheapest.variant} passes the staging gates"]
     return Verdict("tie", cheapest.variant, headline, "; ".join(evidence), top, failed)

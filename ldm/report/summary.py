@@ -78,12 +78,22 @@ class Comparison(Model):
     better: str  # the lower gFD by point estimate
     worse: str
     gfd_difference: float  # worse - better, >= 0
-    lo: float  # its interval at `level`
+    # The verdict's interval at `level`: the paired bootstrap's, widened by the retraining
+    # spread where it was assumed rather than measured (ldm/report/verdicts.py).
+    lo: float
     hi: float
     se: float
     level: float
     min_effect: float  # the smallest gFD gap counted as real: report.min_effect x better's gFD
+    min_effect_share: float = 0.0  # report.min_effect itself
     detectable: bool  # the interval excludes 0 and the gap reaches min_effect
+    sampling_lo: float = 0.0  # the paired bootstrap alone: images (and seeds, when several)
+    sampling_hi: float = 0.0
+    sampling_se: float = 0.0
+    # One seed's spread of the gap from retraining: √(s_a² + s_b²) of the two variants' gFD
+    # spreads over seeds, measured with several seeds, else assumed (report.seed_spread_prior)
+    retraining_se: float = 0.0
+    retraining_assumed: bool = False
     relative_fd_difference: float | None = None  # worse - better, with its interval
     relative_fd_lo: float | None = None
     relative_fd_hi: float | None = None

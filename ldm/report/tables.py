@@ -28,7 +28,8 @@ def cost_section(records: list[EvaluateRecord], s: ReportSummary) -> str:
     parts = [
         "## Cost",
         "",
-        f"The whole trial cost {usd(s.trial_usd)} (each stage counted once). A variant's total "
+        f"The trial's stages up to this report cost {usd(s.trial_usd)} (each counted once; "
+        "the trial's MLflow run adds the report's own cost to its `cost/*`). A variant's total "
         "below includes the stages it shares with the others (validate, prepare, ...), so the "
         "variants' totals add up to more than the trial. Energy shows "
         f"{ABSENT} where nothing measured it (on a CPU); it is never a zero.",

@@ -1,9 +1,10 @@
 """Which variants the trial can tell apart: paired verdicts, the top set, and the plan of a trial
 that could decide what this one cannot.
 
-A verdict compares two gFDs with a paired bootstrap (ldm/metrics/comparison.py): "A better than
-B by d [lo..hi]" when the interval excludes 0 and d reaches `report.min_effect` of A's gFD, else
-"no detectable difference". That relation is not transitive (A ~ B and B ~ C while A beats C),
+A verdict compares two gFDs with a paired bootstrap (ldm/metrics/comparison.py), widened by the
+retraining spread where one seed could not measure it (`compare_all`): "A better than B by d
+[lo..hi]" when the interval excludes 0 and d reaches `report.min_effect` of A's gFD, else "no
+detectable difference". That relation is not transitive (A ~ B and B ~ C while A beats C),
 so the report states every verdict against one variant, the best: the *top set* is the best by
 point estimate and every variant not detectably worse than it.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from itertools import combinations
 from statistics import NormalDist
 
+from ldm.errors import DataError
 from ldm.report.features import ReportFeatures
 from ldm.report.summary import Comparison, VariantSummary, fmt, usd
 from ldm.report.text import percent
@@ -26,27 +28,46 @@ def z_of(level: float) -> float:
 
 
 def gap_text(c: Comparison) -> str:
-    """`gFD gap 0.4 [-2.8..3.3]`, and why it does not count when it does not."""
+    """`gFD gap 0.4 [-2.8..3.3]`, what the interval holds, and why it does not count when it
+    does not."""
     text = f"gFD gap {fmt(c.gfd_difference)} [{fmt(c.lo)}..{fmt(c.hi)}]"
+    if c.retraining_assumed:
+        text += (
+            f" with the retraining spread assumed (one seed; the images alone: "
+            f"[{fmt(c.sampling_lo)}..{fmt(c.sampling_hi)}])"
+        )
     if c.detectable:
         return text
     if c.gfd_difference < c.min_effect:
-        return f"{text}, below report.min_effect ({fmt(c.min_effect)})"
+        share = f"{100 * c.min_effect_share:g} %"
+        return f"{text}, below report.min_effect ({share} of the better gFD: {fmt(c.min_effect)})"
     return f"{text}, its {percent(c.level)} interval includes 0"
 
 
 def verdict_text(c: Comparison) -> str:
     if c.detectable:
-        interval = f"{fmt(c.gfd_difference)} [{fmt(c.lo)}..{fmt(c.hi)}]"
-        return f"{c.better} better than {c.worse} by {interval} gFD"
+        return f"{c.better} better than {c.worse} by {gap_text(c).removeprefix('gFD gap ')} gFD"
     return f"no detectable difference between {c.better} and {c.worse}: {gap_text(c)}"
 
 
 def compare_all(
-    features: ReportFeatures, min_effect: float, progress: Callable[[int], None]
+    features: ReportFeatures,
+    min_effect: float,
+    seed_spread_prior: float | None,
+    progress: Callable[[int], None],
 ) -> tuple[list[Comparison], dict[str, tuple[float, ...]]]:
     """Every pair of variants compared; and each variant's gFD per training seed.
-    `progress(1)` after each of the bootstrap's draws."""
+    `progress(1)` after each of the bootstrap's draws.
+
+    With several seeds of both variants the paired draws resample seeds, then images: their
+    interval holds both sources. With one seed, retraining's share is not in the draws, and a
+    gap the images alone cannot explain may still be one retraining would undo (the FID Lottery
+    measures retraining moving an FID 3x more than resampling does). So the verdict's interval
+    then adds an assumed retraining spread s per variant (report.seed_spread_prior; by default
+    one gFD's bootstrap spread): se = √(se_images² + s_a² + s_b²), the interval ± z·se.
+    """
+    from statistics import stdev
+
     from ldm.metrics.bootstrap import Resampling
     from ldm.metrics.comparison import difference, joint_draws, kid_by_subset
     from ldm.metrics.uncertainty import KID_SUBSETS
@@ -55,24 +76,48 @@ def compare_all(
     resampling = Resampling(f.draws, level, f.seed)
     found = joint_draws(f.val, f.train, f.variants, resampling, progress)
     kids = kid_by_subset(f.val, f.variants, KID_SUBSETS, f.kid_subset_size, f.seed)
+
+    def retraining(name: str) -> float:
+        """One seed's spread of this variant's gFD: measured, else assumed."""
+        seeds = found[name].seed_gfds
+        if len(seeds) > 1:
+            return stdev(seeds)
+        if seed_spread_prior is not None:
+            return seed_spread_prior
+        return float(found[name].gfd_draws.std(ddof=1))
+
     comparisons = []
     for name_a, name_b in combinations(features.variants, 2):
         a, b = found[name_a], found[name_b]
         better, worse = (name_a, name_b) if a.gfd <= b.gfd else (name_b, name_a)
         gfd = difference(found[worse], found[better], "gfd", level)
+        if gfd is None:
+            raise DataError(f"report: the gFDs of {better} and {worse} are not finite")
         relative = difference(found[worse], found[better], "relative_fd", level)
         kid = kids[worse] - kids[better]
         threshold = min_effect * found[better].gfd
+        spread = math.hypot(retraining(better), retraining(worse))
+        assumed = min(len(a.seed_gfds), len(b.seed_gfds)) == 1
+        lo, hi, se = gfd.lo, gfd.hi, gfd.se
+        if assumed:  # widen by what the draws could not hold
+            se = math.hypot(gfd.se, spread)
+            lo, hi = gfd.point - z_of(level) * se, gfd.point + z_of(level) * se
         draft = Comparison(
             better=better,
             worse=worse,
             gfd_difference=gfd.point,
-            lo=gfd.lo,
-            hi=gfd.hi,
-            se=gfd.se,
+            lo=lo,
+            hi=hi,
+            se=se,
             level=level,
             min_effect=threshold,
-            detectable=gfd.lo > 0 and gfd.point >= threshold,
+            min_effect_share=min_effect,
+            detectable=lo > 0 and gfd.point >= threshold,
+            sampling_lo=gfd.lo,
+            sampling_hi=gfd.hi,
+            sampling_se=gfd.se,
+            retraining_se=spread,
+            retraining_assumed=assumed,
             relative_fd_difference=None if relative is None else relative.point,
             relative_fd_lo=None if relative is None else relative.lo,
             relative_fd_hi=None if relative is None else relative.hi,
@@ -103,18 +148,16 @@ def top_set(candidates: list[VariantSummary], comparisons: list[Comparison]) -> 
 
 
 def plan(
-    comparison: Comparison,
-    better: VariantSummary,
-    worse: VariantSummary,
-    seed_spread_prior: float | None,
-    num_samples: int,
+    comparison: Comparison, better: VariantSummary, worse: VariantSummary, num_samples: int
 ) -> str:
     """What a trial that tells these two apart would need and cost, in one paragraph.
 
-    The model: each training seed gives a paired gFD gap that varies by σ = √(2·s_b² + s_w²)
-    around the true gap (s_b: one variant's gFD spread over seeds, twice for two variants;
-    s_w: the bootstrap spread of the paired gap at this sample size); the mean over n seeds
-    varies by σ/√n, so the gap g excludes 0 at the interval's level once n ≥ (z·σ / g)².
+    The model: the gap measured with n seeds per variant varies by √(s_w² + S²/n) around the
+    true gap. S (`retraining_se`) is one seed's retraining spread of the gap; it averages out
+    over seeds. s_w is the evaluation's own noise; it does not, as every seed is measured on
+    the same validation images from the same noise. So the gap g excludes 0 at the interval's
+    level once n ≥ z²·S² / (g² − z²·s_w²), and never while g ≤ z·s_w: then the evaluation
+    itself must grow first.
     """
     g, m = comparison.gfd_difference, comparison.min_effect
     if g < m:
@@ -123,51 +166,49 @@ def plan(
             f"report.min_effect ({fmt(m)}): retraining alone moves a gFD that much, so no "
             "budget makes it matter."
         )
-    s_w = comparison.se
-    measured = [v.seed_spread for v in (better, worse) if v.seed_spread is not None]
-    if measured:
-        s_b = math.sqrt(sum(s * s for s in measured) / len(measured))
-        source = f"s_b = {fmt(s_b)} measured over {min(better.seeds, worse.seeds)} seeds"
-    elif seed_spread_prior is not None:
-        s_b = seed_spread_prior
-        source = f"s_b = {fmt(s_b)} assumed (report.seed_spread_prior; one seed measures none)"
-    else:
-        s_b = better.intervals["gfd"].se if "gfd" in better.intervals else s_w
-        source = (
-            f"s_b = {fmt(s_b)} assumed equal to the within-seed spread of one gFD (one seed "
-            "measures no retraining spread; set report.seed_spread_prior to change it)"
-        )
-    z = z_of(comparison.level)
-    sigma = math.sqrt(2 * s_b**2 + s_w**2)
-    seeds = max(2, math.ceil((z * sigma / g) ** 2)) if g > 0 else None
-    if seeds is None:
-        return f"{better.variant} and {worse.variant} score the same gFD: nothing to decide."
-    money = seeds * (better.per_seed_usd + worse.per_seed_usd)
-    hours = seeds * (better.per_seed_compute_hours + worse.per_seed_compute_hours)
-    unit = "GPU-hours" if better.compute_unit == "gpu_hours" else "CPU-hours"
-    text = (
-        f"To tell a gFD gap of {fmt(g)} ± {fmt(s_w)} between {better.variant} and "
-        f"{worse.variant} from zero at {percent(comparison.level)} needs about {seeds} training "
-        f"seeds per variant: ≈ {usd(money)} and {fmt(hours)} {unit} for the two on this "
-        f"machine (this trial's cost per variant and seed). On a GPU "
-        f"host the seed count holds; one seed's GPU-hours there come from its own trial. Model: "
-        f"each seed's paired gap varies by √(2·s_b² + s_w²) = {fmt(sigma)}, with s_w = "
-        f"{fmt(s_w)} from the bootstrap and {source}; n seeds ≥ (z·σ/gap)²."
+    z, big_s, ran = z_of(comparison.level), comparison.retraining_se, min(better.seeds, worse.seeds)
+    s_w = comparison.sampling_se
+    if not comparison.retraining_assumed:  # the draws held the seeds: take their share out
+        s_w = math.sqrt(max(comparison.sampling_se**2 - big_s**2 / ran, 0.0))
+    source = (
+        "assumed (one seed measures none: report.seed_spread_prior, by default one gFD's "
+        "bootstrap spread)"
+        if comparison.retraining_assumed
+        else f"measured over {ran} seeds"
     )
-    rows_only = (g / z) ** 2 - 2 * s_b**2
-    if rows_only > 0:
-        samples = math.ceil(num_samples * s_w**2 / rows_only)
-        text += (
-            f" At one seed, about {samples:,} generated samples (evaluate.num_samples) would "
-            "do, if the assumed s_b holds."
+    model = (
+        f"Model: n seeds per variant measure the gap to √(s_w² + S²/n), with s_w = {fmt(s_w)} "
+        f"the evaluation's noise (the same images for every seed, so seeds do not average it) "
+        f"and S = {fmt(big_s)} one seed's retraining spread of the gap, {source}."
+    )
+    if g <= z * s_w:
+        samples = math.ceil(num_samples * (z * s_w / g) ** 2)
+        return (
+            f"No number of seeds tells a gFD gap of {fmt(g)} between {better.variant} and "
+            f"{worse.variant} from zero while the evaluation itself is this noisy: first about "
+            f"{samples:,} generated images (evaluate.num_samples; more validation images help "
+            f"too), then seeds. {model}"
         )
-    else:
-        text += " More generated samples alone cannot decide: they shrink only s_w."
-    return text
+    seeds = max(2, math.ceil(z**2 * big_s**2 / (g**2 - (z * s_w) ** 2)))
+    more = max(seeds - ran, 0)
+    money = more * (better.per_seed_usd + worse.per_seed_usd)
+    hours = more * (better.per_seed_compute_hours + worse.per_seed_compute_hours)
+    unit = "GPU-hours" if better.compute_unit == "gpu_hours" else "CPU-hours"
+    return (
+        f"To tell a gFD gap of {fmt(g)} between {better.variant} and {worse.variant} from zero "
+        f"at {percent(comparison.level)} needs about {seeds} training seeds per variant, "
+        f"{more} more than this trial ran: ≈ {usd(money)} and {fmt(hours)} {unit} more for the "
+        f"two on this machine (this trial's cost per variant and seed). A GPU host's preset "
+        f"has other spreads (sample sizes, network, training): its own report plans its own "
+        f"seeds. {model}"
+    )
 
 
 def compared(
-    variants: list[VariantSummary], features: ReportFeatures, min_effect: float
+    variants: list[VariantSummary],
+    features: ReportFeatures,
+    min_effect: float,
+    seed_spread_prior: float | None,
 ) -> tuple[list[VariantSummary], list[Comparison]]:
     """The variants completed with their seed counts and spreads, and every pairwise verdict."""
     from statistics import stdev
@@ -175,7 +216,7 @@ def compared(
     from ldm.progress import progress_bar
 
     with progress_bar("paired comparisons", features.draws) as advance:
-        comparisons, seed_gfds = compare_all(features, min_effect, advance)
+        comparisons, seed_gfds = compare_all(features, min_effect, seed_spread_prior, advance)
     completed = []
     for v in variants:
         gfds = seed_gfds[v.variant]
@@ -189,7 +230,6 @@ def plan_for(
     top: list[str],
     variants: list[VariantSummary],
     comparisons: list[Comparison],
-    seed_spread_prior: float | None,
     num_samples: int,
 ) -> str | None:
     """After a tie: what it would take to tell the best from the closest of the others."""
@@ -201,6 +241,5 @@ def plan_for(
         between(comparisons, best.variant, closest.variant),
         best,
         closest,
-        seed_spread_prior,
         num_samples,
     )

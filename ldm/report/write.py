@@ -63,7 +63,9 @@ def summarise(
             ),
         )
         variants.append(summarise_variant(record, gates, projection))
-    variants, comparisons = compared(variants, features, report.min_effect)
+    variants, comparisons = compared(
+        variants, features, report.min_effect, report.seed_spread_prior
+    )
     verdict = recommend(variants, comparisons)
     return ReportSummary(
         header=header,
@@ -79,7 +81,6 @@ def summarise(
             verdict.top_set,
             variants,
             comparisons,
-            report.seed_spread_prior,
             records[0].generation.num_samples,
         ),
         failed_gates=verdict.failed,

@@ -84,7 +84,15 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
     scale, selection = choose_guidance(model, tokenizer, net, labels, cfg, device, train)
     generated, shown, timing = generate_and_measure(
-        model, tokenizer, net, labels, cfg, device, scale, "generate and measure"
+        model,
+        tokenizer,
+        net,
+        labels,
+        cfg,
+        device,
+        scale,
+        "generate and measure",
+        MEASUREMENT_STREAM,
     )
     encode_seconds = time_encoding(tokenizer, val_images, batch, device)
 
@@ -212,6 +220,12 @@ def uncertainty_of(
     return estimates, kid_mean, kid_std, fd_inf.value
 
 
+# The noise streams of evaluate.seed: the measured images, and those that choose the guidance.
+# Apart, so that no image that chose a scale is then measured at it (a choice that saw the
+# measured images would flatter them).
+MEASUREMENT_STREAM, SELECTION_STREAM = 2, 3
+
+
 def choose_guidance(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -222,9 +236,10 @@ def choose_guidance(
     train: np.ndarray,
 ) -> tuple[float, dict[str, float] | None]:
     """The guidance scale of `evaluate.cfg_scales` whose `evaluate.select_samples` images (the
-    same noise and labels at every scale) come closest to the TRAIN split,
-    with each scale's FD. Chosen on train and measured on val: a scale picked by the number it
-    is then reported with would flatter it. An unconditional model has nothing to guide."""
+    same noise and labels at every scale, other noise than the measured images') come closest
+    to the TRAIN split, with each scale's FD. Chosen on train and other images, measured on
+    val: a scale picked by the number it is then reported with would flatter it. An
+    unconditional model has nothing to guide."""
     from ldm.metrics.frechet import frechet_distance_between
 
     ev = cfg.evaluate
@@ -236,7 +251,15 @@ def choose_guidance(
     found = {}
     for scale in ev.cfg_scales:
         rows, _, _ = generate_and_measure(
-            model, tokenizer, net, labels[:count], cfg, device, scale, f"guidance {scale:g}"
+            model,
+            tokenizer,
+            net,
+            labels[:count],
+            cfg,
+            device,
+            scale,
+            f"guidance {scale:g}",
+            SELECTION_STREAM,
         )
         found[scale] = frechet_distance_between(train, rows)
     best = min(found, key=found.get)
@@ -273,11 +296,12 @@ def generate_and_measure(
     device: torch.device,
     guidance: float,
     description: str,
+    stream: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Features of one generated image per label (`evaluate.num_samples` of them), a few per
     class for the grid, and the seconds spent sampling and decoding. Batch by batch: at 256 px,
-    50,000 images would not fit in memory. Batch k draws its noise from (evaluate.seed, k), so
-    the same settings give the same images."""
+    50,000 images would not fit in memory. Batch k draws its noise from (evaluate.seed, k,
+    stream), so the same settings give the same images."""
     import numpy as np
     import torch
 
@@ -294,7 +318,9 @@ def generate_and_measure(
         for k, start in enumerate(range(0, n, sc.batch_size)):
             stop = min(start + sc.batch_size, n)
             chunk_labels = None if labels is None else labels[start:stop]
-            generator = torch.Generator(device).manual_seed(stream_seed(cfg.evaluate.seed, k, 2))
+            generator = torch.Generator(device).manual_seed(
+                stream_seed(cfg.evaluate.seed, k, stream)
+            )
             started = time.perf_counter()
             latents = sample(
                 model,

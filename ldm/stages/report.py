@@ -109,7 +109,7 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         if parent is not None:
             parent.log_metrics(total.metrics())
         own = {k: v for k, v in own_metrics.items() if isinstance(v, int | float)}
-        return own_metrics, own | {"trial_usd": total.usd}
+        return own_metrics | {"trial_usd": total.usd}, own | {"trial_usd": total.usd}
 
     metrics = {"trial_usd": summary.trial_usd, "variants": float(len(records))}
     return StageResult(metrics, [], document=document)
@@ -127,11 +127,23 @@ def report_features(cfg: Config, paths: Paths, records: list[EvaluateRecord]) ->
         kept = evaluation_features(paths, record.variant, network)
         variants[record.variant] = (Replicate(kept["generated"], kept["untrained"]),)
     bootstrap = records[0].uncertainty
-    if bootstrap is None:
-        raise DataError(
-            f"{paths.stage_metrics('evaluate@' + records[0].variant)} predates intervals: run "
-            f"`ldm evaluate --variant {records[0].variant}` again"
-        )
+    for record in records:  # one resampling for every variant, as the comparison assumes
+        own = record.uncertainty
+        if (
+            own is None
+            or bootstrap is None
+            or (own.draws, own.level, own.seed)
+            != (
+                bootstrap.draws,
+                bootstrap.level,
+                bootstrap.seed,
+            )
+        ):
+            raise DataError(
+                f"{paths.stage_metrics('evaluate@' + record.variant)} predates intervals or "
+                "was resampled with other evaluate.bootstrap settings than the others: run "
+                f"`ldm evaluate --variant {record.variant}` again"
+            )
     val = reference_features(paths, "val", network)[0]
     check_kept_rows(records, val, variants)
     return ReportFeatures(
@@ -173,6 +185,7 @@ def quality_metrics(summary: ReportSummary) -> dict[str, float]:
             "recall": v.recall,
             "psnr": v.psnr,
             "rfd": v.rfd,
+            "cfg_scale": v.cfg_scale,  # the guidance chosen on the train split
         }
         metrics |= {f"quality/{v.variant}/{k}": x for k, x in values.items() if x is not None}
         for name, interval in v.intervals.items():
@@ -180,8 +193,12 @@ def quality_metrics(summary: ReportSummary) -> dict[str, float]:
                 metrics |= {f"quality/{v.variant}/{name}_lo": interval.lo}
                 metrics |= {f"quality/{v.variant}/{name}_hi": interval.hi}
     for c in summary.comparisons:  # what the verdict rests on
-        pair = f"verdict/{c.worse}_vs_{c.better}/gfd_difference"
-        metrics |= {pair: c.gfd_difference, f"{pair}_lo": c.lo, f"{pair}_hi": c.hi}
+        # named in a fixed order, signed: the same key in every trial, whichever variant wins
+        first, second = sorted((c.better, c.worse))
+        sign = 1.0 if first == c.worse else -1.0  # first - second
+        pair = f"verdict/{first}_minus_{second}/gfd"
+        ends = sorted((sign * c.lo, sign * c.hi))
+        metrics |= {pair: sign * c.gfd_difference, f"{pair}_lo": ends[0], f"{pair}_hi": ends[1]}
     return metrics
 
 
