@@ -152,6 +152,9 @@ class ConvergenceCurve(Record):
     # this, not with the evaluation's floor. None in curves from before it.
     floor: float | None = Field(default=None, ge=0.0)
     interval_level: float | None = Field(default=None, gt=0.0, lt=1.0)  # the points' coverage
+    # the guidance its samples were drawn at (sample.cfg_scale); the evaluation may choose
+    # another per variant. None in curves from before it.
+    cfg_scale: float | None = None
 
 
 class TokenizerQuality(Record):

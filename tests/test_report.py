@@ -459,3 +459,26 @@ def test_intervals_reach_the_summary_and_the_terminal_rows() -> None:
     row = dict(zip(table.columns, table.rows[0], strict=True))
     assert row["gFD (effnet_lite2)"] == "30.0 [26.5..33.2]"
     assert row["relative FD"].endswith("[0.090..0.12]") and "90% bootstrap" in table.note
+
+
+def test_the_report_says_when_the_curve_and_the_evaluation_differ_in_guidance(
+    tmp_path: Path,
+) -> None:
+    record = make_record("a", 30.0)
+    chosen = record.generation.model_copy(update={"cfg_scale": 1.0})
+    record = record.model_copy(update={"generation": chosen})
+    curve = falling_curve("a").model_copy(update={"cfg_scale": 1.5})
+    out = tmp_path / "reports"
+    write_report(
+        out,
+        [record],
+        {"a": curve},
+        features_for([record]),
+        report=REPORT,
+        gates=gates(),
+        prices=PRICES,
+        header=HEADER,
+    )
+    text = (out / "report.md").read_text()
+    assert "a (curve 1.5, evaluation 1)" in text
+    assert "| guidance |" in text  # the glance table's column

@@ -269,6 +269,21 @@ def _sample_size_note(inputs: ReportInputs) -> str:
             + "; ".join(older)
             + "."
         )
+    guidance = [
+        f"{r.variant} (curve {inputs.curves[r.variant].cfg_scale:g}, evaluation "
+        f"{r.generation.cfg_scale:g})"
+        for r in inputs.records
+        if inputs.curves[r.variant].cfg_scale is not None
+        and r.generation.cfg_scale is not None
+        and inputs.curves[r.variant].cfg_scale != r.generation.cfg_scale
+    ]
+    if guidance:
+        notes.append(
+            "The curve samples at `sample.cfg_scale`, the evaluation at the guidance it chose, "
+            "so the target's move comes from images drawn at another guidance than the curve's: "
+            + "; ".join(guidance)
+            + "."
+        )
     return " ".join(notes)
 
 

@@ -150,6 +150,7 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
                 points=run.probe.points,
                 floor=run.probe.floor,
                 interval_level=run.probe.resampling.level,
+                cfg_scale=cfg.sample.cfg_scale if num_classes else 1.0,
             )
             write_json_atomic(paths.convergence(variant), curve.model_dump())
     finally:
