@@ -54,6 +54,37 @@ def test_bad_variants_and_phases_say_what_is_wrong(override: str, named: str) ->
         config.load(REPO / "params.yaml", [override])
 
 
+def test_cells_are_every_variant_with_every_seed_in_dvcs_matrix_order() -> None:
+    cfg = config.load(
+        REPO / "params.yaml",
+        ["variants={f16-vf: {preset: f4d8, align: true}, b: {preset: f4d8, align: false}}"]
+        + ["trial.seeds=[3, 0]"],
+    )
+    assert cfg.cells() == ["f16-vf-3", "f16-vf-0", "b-3", "b-0"]
+    # a variant's name may hold '-', a seed's never does: the last '-' splits them
+    assert config.split_cell("f16-vf-3") == ("f16-vf", 3)
+    assert config.split_cell(config.cell_name("b", 0)) == ("b", 0)
+    assert config.cell_options("f16-vf-3") == "--variant f16-vf --seed 3"
+    for bad in ("plain", "plain-", "-0", "plain-x"):
+        with pytest.raises(ValueError, match="names no cell"):
+            config.split_cell(bad)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "named"),
+    [
+        ("[0, 1, 0]", "listed more than once"),
+        ("[]", "trial.seeds"),
+        ("[-1]", "trial.seeds.0"),
+        ("[0.5]", "trial.seeds.0"),
+    ],
+)
+def test_bad_seeds_are_refused_naming_the_setting(seeds: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named) as info:
+        config.load(REPO / "params.yaml", [f"trial.seeds={seeds}"])
+    assert "trial.seeds" in str(info.value)
+
+
 def test_overrides_are_parsed_as_yaml_and_applied() -> None:
     cfg = config.load(
         REPO / "params.yaml",
