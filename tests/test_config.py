@@ -176,6 +176,20 @@ def test_every_preset_gives_a_valid_config(tmp_path: Path) -> None:
         assert cfg.data.resolution % 16 == 0, preset.name
 
 
+def test_decisive_preset_trains_three_seeds_and_widens_the_guidance_sweep() -> None:
+    import json
+
+    from ldm.params_file import preset_values
+
+    values = preset_values(REPO / "presets", "decisive")
+    cfg = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    assert cfg.trial.seeds == [0, 1, 2] and len(cfg.evaluate.cfg_scales) > 3
+    assert cfg.cells() == [f"{v}-{s}" for v in ("plain", "aligned") for s in (0, 1, 2)]
+    on_paper = preset_values(REPO / "presets", "paper") | values  # `paper`, then `decisive`
+    paper = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in on_paper.items()])
+    assert paper.trial.seeds == [0, 1, 2] and paper.diffusion.model == "B/1"
+
+
 def test_paper_grid_is_the_papers_six_tokenizers_on_the_paper_setting() -> None:
     import json
 
