@@ -59,9 +59,9 @@ class Paths:
     def stage_metrics(self, stage: str) -> Path:
         return self.metrics / f"{stage}.json"
 
-    def convergence(self, variant: str) -> Path:
-        """The DiT's gFD against step and compute, written by train_diffusion@<variant>."""
-        return self.metrics / f"convergence@{variant}.json"
+    def convergence(self, cell: str) -> Path:
+        """The DiT's gFD against step and compute, written by train_diffusion@<cell>."""
+        return self.metrics / f"convergence@{cell}.json"
 
     def local(self, path: Path | str | None) -> Path | None:
         """An optional weights path from params.yaml, resolved; None stays None."""
@@ -76,22 +76,23 @@ class Paths:
     def reports(self) -> Path:
         return self.data / "reports"
 
-    def evaluation(self, variant: str) -> Path:
-        """What evaluate@<variant> shows besides its numbers: sample grids."""
-        return self.data / "evaluations" / variant
+    def evaluation(self, cell: str) -> Path:
+        """What evaluate@<cell> shows besides its numbers: sample grids, kept features."""
+        return self.data / "evaluations" / cell
 
     @property
     def checkpoints(self) -> Path:
         return self.data / "checkpoints"
 
-    def tokenizer(self, variant: str) -> Path:
-        return self.checkpoints / f"tokenizer-{variant}"
+    # A cell is one variant trained with one seed, `plain-0` (ldm.config.cell_name).
+    def tokenizer(self, cell: str) -> Path:
+        return self.checkpoints / f"tokenizer-{cell}"
 
-    def latents(self, variant: str) -> Path:
-        return self.data / "latents" / variant
+    def latents(self, cell: str) -> Path:
+        return self.data / "latents" / cell
 
-    def diffusion(self, variant: str) -> Path:
-        return self.checkpoints / f"diffusion-{variant}"
+    def diffusion(self, cell: str) -> Path:
+        return self.checkpoints / f"diffusion-{cell}"
 
     def work(self, stage: str) -> Path:
         """A stage's resume points: outside its DVC outputs, which DVC clears before a rerun."""

@@ -37,7 +37,7 @@ def check_inputs(records: list[EvaluateRecord], curves: dict[str, ConvergenceCur
     if missing:
         raise LdmError(
             f"report: no convergence curve for {missing}; `ldm train-diffusion` writes "
-            "data/metrics/convergence@<variant>.json, rerun it for these variants"
+            "data/metrics/convergence@<cell>.json, rerun it for these variants"
         )
     for name, curve in curves.items():
         if name in names and curve.variant != name:

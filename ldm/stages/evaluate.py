@@ -367,7 +367,8 @@ def cell_costs(paths: Paths, cell: str) -> dict[str, StageCost]:
     for stage in stages:
         source = paths.stage_metrics(stage)
         if not source.is_file():
-            command = stage.split("@")[0].replace("_", "-")
+            family, _, of = stage.partition("@")
+            command = " ".join([family.replace("_", "-"), *([cell_options(of)] if of else [])])
             raise DataError(f"{source} not found: run `ldm {command}` first")
         costs[stage] = StageCost.from_metrics(json.loads(source.read_text()))
     return costs

@@ -194,6 +194,10 @@ def quality_metrics(summary: ReportSummary) -> dict[str, float]:
             if name in values:
                 metrics |= {f"quality/{v.variant}/{name}_lo": interval.lo}
                 metrics |= {f"quality/{v.variant}/{name}_hi": interval.hi}
+        if v.seeds > 1:  # the numbers are means over seeds: their spread over them beside
+            metrics[f"quality/{v.variant}/seeds"] = float(v.seeds)
+            spreads = {k: s for k, s in v.spreads.items() if k in values}
+            metrics |= {f"quality/{v.variant}/{k}_sd": s for k, s in spreads.items()}
     for c in summary.comparisons:  # what the verdict rests on
         pair = f"verdict/{c.worse}_vs_{c.better}/gfd_difference"
         metrics |= {pair: c.gfd_difference, f"{pair}_lo": c.lo, f"{pair}_hi": c.hi}
