@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ldm.config import Config, ConfigError
+from ldm.config import Config, ConfigError, cell_name
 from ldm.errors import LdmError
 from ldm.paths import Paths
 
@@ -63,8 +63,6 @@ def user_errors() -> Iterator[None]:
 def pick_cells(cfg: Config, variant: str | None, seed: int | None) -> list[str]:
     """The cells (`plain-0`) that `--variant` and `--seed` pick, each option defaulting to all
     (exit 2 naming the setting for a value params.yaml does not list)."""
-    from ldm.config import cell_name
-
     if variant is not None and variant not in cfg.variants:
         raise fail(f"--variant {variant}: not in variants {list(cfg.variants)}", EXIT_USAGE)
     if seed is not None and seed not in cfg.trial.seeds:

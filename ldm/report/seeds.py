@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from math import isfinite
 from statistics import fmean, stdev
 from typing import TYPE_CHECKING
 
@@ -87,7 +88,8 @@ def merge(
         values = [getattr(r.generation, key) for r in records]
         if all(v is not None for v in values):
             spread[key] = _sd(values)
-    spread["relative_fd"] = _sd(relatives)
+    if all(isfinite(x) for x in relatives):  # infinite where a ceiling met its floor
+        spread["relative_fd"] = _sd(relatives)
     spread["fd_random_latents"] = _sd([r.reference.fd_random_latents for r in records])
     points = {
         "fd": generation.fd,
