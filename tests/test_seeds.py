@@ -27,6 +27,7 @@ from ldm.report.features import ReportFeatures
 from ldm.report.seeds import merge, merge_cells
 from ldm.stages import STAGES
 from tests.conftest import set_params
+from tests.stage_run import TinyTrial
 from tests.test_money import copy_code, dvc_status
 from tests.test_report import HEADER, NET, PRICES, REPORT, falling_curve, gates, make_record
 
@@ -182,15 +183,16 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def test_a_cells_seed_offsets_the_seeds_of_its_tokenizer_and_its_dit(prepared_copy: Path) -> None:
+def test_a_cells_seed_offsets_the_seeds_of_its_tokenizer_and_its_dit(
+    prepared_copy: Path, tiny_trial: TinyTrial
+) -> None:
     """Cell plain-1 trains as plain-0 does with tokenizer.seed and diffusion.seed raised by 1:
     the seeds add up, and every random draw of both loops follows them."""
     paths = Paths(prepared_copy)
     set_params(prepared_copy / "params.yaml", {"trial.seeds": [0, 1]})
     invoke("train-tokenizer", "--variant", "plain", "--seed", "1")
     one = weights(paths.tokenizer("plain-1"))
-    invoke("train-tokenizer", "--variant", "plain", "--seed", "0")
-    zero = weights(paths.tokenizer("plain-0"))
+    zero = weights(Paths(tiny_trial.root).tokenizer("plain-0"))  # the same settings, seed 0
     assert any(not torch.equal(one[k], zero[k]) for k in one)  # another seed, another model
     invoke("train-tokenizer", "--variant", "plain", "--seed", "0", "--set", "tokenizer.seed=1")
     assert_close(weights(paths.tokenizer("plain-0")), one, rtol=0, atol=0)
@@ -206,3 +208,43 @@ def test_a_cells_seed_offsets_the_seeds_of_its_tokenizer_and_its_dit(prepared_co
     assert any(not torch.equal(one[k], zero[k]) for k in one)
     invoke("train-diffusion", "--variant", "plain", "--seed", "0", "--set", "diffusion.seed=1")
     assert_close(weights(paths.diffusion("plain-0")), one, rtol=0, atol=0)
+
+
+def test_a_second_seed_trains_its_cells_and_the_report_judges_each_variant_over_both(
+    trial_copy: Path,
+) -> None:
+    """The tiny trial with trial.seeds [0, 1]: the cells of seed 1 run (as `ldm <stage>` runs
+    them), then the report merges each variant's two cells, registers all four generators and
+    gives `candidate` to the recommended variant's cell with the lower gFD."""
+    from ldm import config
+    from ldm.stages import run, stage_names
+
+    paths = Paths(trial_copy)
+    set_params(trial_copy / "params.yaml", {"trial.seeds": [0, 1]})
+    gates = ["promotion.gates.staging.max_relative_fd=1000"]  # a tiny model passes
+    cfg = config.load(trial_copy / "params.yaml", gates)
+    for name in stage_names(cfg):
+        stage, _, cell = name.partition("@")
+        if cell.endswith("-1") or stage == "report":
+            run(stage, cfg, paths, cell or None)
+    cells = {
+        c: EvaluateRecord.model_validate_json(paths.stage_metrics(f"evaluate@{c}").read_text())
+        for c in cfg.cells()
+    }
+    assert [(r.variant, r.seed) for r in cells.values()] == [
+        (v, s) for v in ("plain", "aligned") for s in (0, 1)
+    ]
+    summary = json.loads((paths.reports / "summary.json").read_text())
+    for v in summary["variants"]:
+        own = [cells[f"{v['variant']}-{s}"] for s in (0, 1)]
+        assert v["seeds"] == 2
+        assert v["gfd"] == pytest.approx(fmean(r.generation.fd for r in own))
+        assert v["seed_spread"] == pytest.approx(stdev(r.generation.fd for r in own))
+        assert set(v["spreads"]) >= {"gfd", "relative_fd", "precision", "psnr"}
+    registry = json.loads((paths.reports / "registry.json").read_text())
+    assert set(registry["versions"]) == set(cfg.cells())
+    recommended = summary["recommended"]
+    best = min((f"{recommended}-{s}" for s in (0, 1)), key=lambda c: cells[c].generation.fd)
+    assert registry["candidate"] == registry["versions"][best]
+    text = (paths.reports / "report.md").read_text()
+    assert "2 training seeds" in text and " ± " in text

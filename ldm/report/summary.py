@@ -218,9 +218,9 @@ def interval_note(summary: ReportSummary) -> str:
     seeds = max(v.seeds for v in summary.variants)
     if seeds > 1:
         note += (
-            f" a ± s: the mean over {seeds} training seeds and its standard deviation over "
-            "them; the gFD's and relative FD's intervals resample the seeds, then the images "
-            "(both sources of noise), the others are the typical interval of one seed."
+            f" With {seeds} training seeds, m ± s is the mean over them and their standard "
+            "deviation; the gFD's and relative FD's intervals resample the seeds, then the "
+            "images (both sources of noise), the others are the typical interval of one seed."
         )
     return note
 
