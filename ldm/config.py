@@ -13,23 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ldm.config_sections import (
-    CostConfig,
-    Gates,  # noqa: F401 (ldm.report and ldm.tracking import the gates from here)
-    GatesConfig,  # noqa: F401
-    OrchestrationConfig,
-    PromotionConfig,
-    RegistryConfig,
-    ReportConfig,
-    Section,
-    TrackingConfig,
-)
 from ldm.errors import ConfigError
 from ldm.nested import apply_overrides as nested_overrides
+from ldm.paths import cell_name
 
 FoundationName = Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataConfig(Section):
@@ -125,20 +119,10 @@ class VariantConfig(Section):
     distmat_margin: float | None = Field(default=None, ge=0.0, le=2.0)
 
 
-def _each_once(seeds: list[int]) -> list[int]:
-    """A seed listed twice would name one cell twice: its stages, folders and records."""
-    if twice := sorted({s for s in seeds if seeds.count(s) > 1}):
-        raise ValueError(f"seeds {twice} are listed more than once; list each seed once")
-    return seeds
-
-
 class TrialConfig(Section):
-    # Every variant trains once per seed: a *cell* `<variant>-<seed>` (train_tokenizer@plain-0).
-    # A cell's tokenizer trains with tokenizer.seed + its seed, its DiT with diffusion.seed + its
-    # seed; evaluate.seed and sample.seed stay the same in every cell (common random numbers).
-    seeds: Annotated[
-        list[Annotated[int, Field(ge=0)]], Field(min_length=1), AfterValidator(_each_once)
-    ]
+    # Every variant trains once per seed, a cell `<variant>-<seed>`: its tokenizer with
+    # tokenizer.seed + seed, its DiT with diffusion.seed + seed; evaluate.seed, sample.seed shared.
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # each once (Config checks)
 
 
 class DiffusionConfig(Section):
@@ -210,6 +194,63 @@ class EvaluateConfig(Section):
     allow_self_graded: bool  # grade in a network a tokenizer was trained against (marked)
 
 
+class ReportConfig(Section):  # the trial's report: charts, costs, projections, the verdict
+    target_fd: float = Field(gt=0.0)  # the gFD (evaluate.features space) a usable model needs
+    projection_budget_multiple: float = Field(gt=1.0)  # "not reached within N x this budget"
+    # A gFD gap below this share of the better gFD is "no detectable difference", however
+    # narrow its interval: the spread that retraining with another seed alone causes.
+    min_effect: float = Field(ge=0.0, lt=1.0)
+    # The between-seed spread of one variant's gFD that the planner assumes while a trial has
+    # one seed; null: equal to the measured within-seed (bootstrap) spread.
+    seed_spread_prior: float | None = Field(ge=0.0)
+
+
+class RegistryConfig(Section):
+    model_name: str = Field(min_length=1)  # the MLflow registered model of every generator
+
+
+class Gates(Section):
+    """Quality and cost a version must meet for one alias; null switches a gate off."""
+
+    max_fd: float | None = Field(gt=0.0)  # the gFD, in evaluate.features space
+    # (gFD - fd_train_val) / (fd_random_latents - fd_train_val): 0 is as good as real data,
+    # 1 as bad as an untrained generator; comparable across data sets, unlike the raw FD
+    max_relative_fd: float | None = Field(ge=0.0)
+    min_precision: float | None = Field(ge=0.0, le=1.0)
+    min_recall: float | None = Field(ge=0.0, le=1.0)
+    max_cost_usd: float | None = Field(ge=0.0)  # the variant's whole trial cost
+
+
+class GatesConfig(Section):
+    staging: Gates
+    production: Gates  # production also requires that the version held `staging`
+
+
+class PromotionConfig(Section):
+    gates: GatesConfig
+
+
+class TrackingConfig(Section):
+    experiment: str = Field(min_length=1)  # MLflow experiment that holds the trial's runs
+
+
+class CostConfig(Section):
+    gpu_hour_usd: float = Field(ge=0.0)  # price of one GPU-hour on the host that trains
+    cpu_hour_usd: float = Field(ge=0.0)  # price of one CPU core-hour
+    # A GPU instance's price includes its CPUs: a GPU stage bills GPU-hours only, unless true.
+    bill_cpu_on_gpu: bool
+
+
+class OrchestrationConfig(Section):
+    retries: int = Field(ge=0)  # retries of a stage after a transient failure (never a data error)
+    retry_delay_seconds: int = Field(ge=0)
+    stage_timeout_minutes: int = Field(ge=1)  # a stage running longer is stopped and failed
+    gpu_pool: str | None  # a Prefect work pool on the GPU host; null: every stage runs here
+    # Stage families sent to gpu_pool: those whose inputs all travel through the DVC remote
+    # (evaluate also reads metrics files that DVC does not push).
+    gpu_stages: list[Literal["train_tokenizer", "encode", "train_diffusion"]]
+
+
 class Config(Section):
     # Tokenizer settings compared downstream; every per-variant stage fans out over them.
     variants: dict[str, VariantConfig] = Field(min_length=1)
@@ -232,7 +273,7 @@ class Config(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _variant_names_are_usable(self) -> Config:
+    def _cell_names_are_usable(self) -> Config:
         import re
 
         for name in self.variants:
@@ -241,6 +282,9 @@ class Config(Section):
                     f"variants: {name!r} cannot name a stage or a folder; use letters, digits, "
                     "'-' and '_', starting with a letter or digit"
                 )
+        seeds = self.trial.seeds  # a seed listed twice would name its cells twice
+        if twice := sorted({s for s in seeds if seeds.count(s) > 1}):
+            raise ValueError(f"trial.seeds: {twice} listed more than once; list each seed once")
         return self
 
     @model_validator(mode="after")
@@ -282,8 +326,7 @@ class Config(Section):
         )
 
     def cells(self) -> list[str]:
-        """Every variant trained with every seed, in DVC's matrix order: `plain-0`, `plain-1`,
-        `aligned-0`, ..."""
+        """Every variant with every seed, in DVC's matrix order: `plain-0`, `plain-1`, ..."""
         return [cell_name(variant, seed) for variant in self.variants for seed in self.trial.seeds]
 
     def section(self, name: str) -> dict[str, Any]:
@@ -306,25 +349,6 @@ class ResolvedVariant:
     phases: tuple[AlignPhase, ...]
     cos_margin: float
     distmat_margin: float
-
-
-def cell_name(variant: str, seed: int) -> str:
-    """A cell's name, as DVC's matrix names its stages (`encode@plain-0`) and the folders."""
-    return f"{variant}-{seed}"
-
-
-def split_cell(cell: str) -> tuple[str, int]:
-    """(variant, seed) of a cell's name; a variant's name may hold '-', a seed's never does."""
-    variant, dash, seed = cell.rpartition("-")
-    if not dash or not variant or not seed.isdigit():
-        raise ValueError(f"{cell!r} names no cell: <variant>-<seed>, e.g. plain-0")
-    return variant, int(seed)
-
-
-def cell_options(cell: str) -> str:
-    """The `ldm <stage>` options that pick the cell: `--variant plain --seed 0`."""
-    variant, seed = split_cell(cell)
-    return f"--variant {variant} --seed {seed}"
 
 
 def _optional_variant_key(keys: list[str]) -> bool:

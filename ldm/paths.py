@@ -1,4 +1,5 @@
-"""Where every stage reads and writes, derived once from the project root.
+"""Where every stage reads and writes, derived once from the project root, and the names of the
+cells (a variant trained with one seed) that per-variant stages and their folders carry.
 
 `dvc.yaml` names the same paths; `tests/test_wiring.py` keeps the two in step.
 """
@@ -84,7 +85,7 @@ class Paths:
     def checkpoints(self) -> Path:
         return self.data / "checkpoints"
 
-    # A cell is one variant trained with one seed, `plain-0` (ldm.config.cell_name).
+    # A cell is one variant trained with one seed, `plain-0` (`cell_name` below).
     def tokenizer(self, cell: str) -> Path:
         return self.checkpoints / f"tokenizer-{cell}"
 
@@ -97,3 +98,22 @@ class Paths:
     def work(self, stage: str) -> Path:
         """A stage's resume points: outside its DVC outputs, which DVC clears before a rerun."""
         return self.data / ".work" / stage
+
+
+def cell_name(variant: str, seed: int) -> str:
+    """A cell's name, as DVC's matrix names its stages (`encode@plain-0`) and the folders."""
+    return f"{variant}-{seed}"
+
+
+def split_cell(cell: str) -> tuple[str, int]:
+    """(variant, seed) of a cell's name; a variant's name may hold '-', a seed's never does."""
+    variant, dash, seed = cell.rpartition("-")
+    if not dash or not variant or not seed.isdigit():
+        raise ValueError(f"{cell!r} names no cell: <variant>-<seed>, e.g. plain-0")
+    return variant, int(seed)
+
+
+def cell_options(cell: str) -> str:
+    """The `ldm <stage>` options that pick the cell: `--variant plain --seed 0`."""
+    variant, seed = split_cell(cell)
+    return f"--variant {variant} --seed {seed}"

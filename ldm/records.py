@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from ldm.config import cell_name
+from ldm.paths import cell_name
 
 if TYPE_CHECKING:
     from ldm.config import CostConfig

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from ldm import config, params_file
 from ldm.config import Config, ConfigError
+from ldm.paths import cell_name, cell_options, split_cell
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,12 +63,12 @@ def test_cells_are_every_variant_with_every_seed_in_dvcs_matrix_order() -> None:
     )
     assert cfg.cells() == ["f16-vf-3", "f16-vf-0", "b-3", "b-0"]
     # a variant's name may hold '-', a seed's never does: the last '-' splits them
-    assert config.split_cell("f16-vf-3") == ("f16-vf", 3)
-    assert config.split_cell(config.cell_name("b", 0)) == ("b", 0)
-    assert config.cell_options("f16-vf-3") == "--variant f16-vf --seed 3"
+    assert split_cell("f16-vf-3") == ("f16-vf", 3)
+    assert split_cell(cell_name("b", 0)) == ("b", 0)
+    assert cell_options("f16-vf-3") == "--variant f16-vf --seed 3"
     for bad in ("plain", "plain-", "-0", "plain-x"):
         with pytest.raises(ValueError, match="names no cell"):
-            config.split_cell(bad)
+            split_cell(bad)
 
 
 @pytest.mark.parametrize(

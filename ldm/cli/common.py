@@ -14,9 +14,9 @@ from typing import Annotated
 
 import typer
 
-from ldm.config import Config, ConfigError, cell_name
+from ldm.config import Config, ConfigError
 from ldm.errors import LdmError
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_name
 
 EXIT_USER, EXIT_USAGE, EXIT_UNEXPECTED = 1, 2, 3
 

@@ -21,9 +21,8 @@ from ldm.cli.common import (
     open_project,
     pick_cells,
 )
-from ldm.config import split_cell
 from ldm.errors import INTERRUPTED_DURING, Interrupted, LdmError, stop_on_signals
-from ldm.paths import Paths
+from ldm.paths import Paths, split_cell
 
 
 def run_stage(

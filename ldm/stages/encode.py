@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import shutil
 
-from ldm.config import Config, split_cell
+from ldm.config import Config
 from ldm.files import swap_in
-from ldm.paths import Paths
+from ldm.paths import Paths, split_cell
 from ldm.progress import progress_bar
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.result import StageResult

@@ -19,9 +19,9 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from ldm.config import Config, EvaluateConfig, cell_options, split_cell
+from ldm.config import Config, EvaluateConfig
 from ldm.errors import DataError
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options, split_cell
 from ldm.records import (
     EvaluateRecord,
     GenerationQuality,

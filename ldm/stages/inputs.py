@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ldm.config import cell_options
 from ldm.errors import DataError
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options
 from ldm.tokenizer.release import load_tokenizer
 
 if TYPE_CHECKING:

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ldm.config import cell_options
 from ldm.errors import DataError
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options
 
 if TYPE_CHECKING:
     import numpy as np

@@ -13,10 +13,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from ldm.config import Config, cell_options, split_cell
+from ldm.config import Config
 from ldm.errors import DataError
 from ldm.files import write_json_atomic
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options, split_cell
 from ldm.progress import notice
 from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost, trial_cost
 from ldm.stages.result import StageResult

@@ -12,11 +12,11 @@ import errno
 import os
 from typing import Any
 
-from ldm.config import Config, split_cell
+from ldm.config import Config
 from ldm.cost import CostMeter, device_of_this_process
 from ldm.errors import DataError, LdmError
 from ldm.files import write_json_atomic
-from ldm.paths import Paths
+from ldm.paths import Paths, split_cell
 from ldm.stages import launch
 from ldm.stages.registry import STAGES, Stage, declared_params
 from ldm.stages.result import StageResult

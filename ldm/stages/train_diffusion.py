@@ -11,11 +11,11 @@ import json
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
-from ldm.config import Config, cell_options, split_cell
+from ldm.config import Config
 from ldm.cost import Clock
 from ldm.errors import DataError
 from ldm.files import write_json_atomic
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options, split_cell
 from ldm.progress import notice, progress_bar
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.result import StageResult

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 
-from ldm.config import Config, split_cell
+from ldm.config import Config
 from ldm.cost import Clock
 from ldm.errors import DataError
-from ldm.paths import Paths
+from ldm.paths import Paths, split_cell
 from ldm.progress import notice, progress_bar
 from ldm.stages.result import StageResult
 from ldm.tracker import Tracker
