@@ -13,9 +13,9 @@ noise; four class folders; every file distinct). It then runs the stages as a us
 `python -m ldm <stage> --set ...`, each in a fresh child process, and reads that child's peak
 resident set from `os.wait4` (the kernel's ru_maxrss for that child and what it waited for).
 The stages are the measured code's own (`ldm.stages.registry.STAGES`, in order) up to `--until`
-(default train_diffusion), per-variant ones for the first variant of params.yaml alone, with
-`--set` making training tiny: 3 tokenizer steps and 3 DiT steps at batch 16, one worker
-process. The reference stage passes over the whole val split, the tokenizer stage over the
+(default train_diffusion), per-variant ones for the first variant and seed of params.yaml
+alone, with `--set` making training tiny: 3 tokenizer steps and 3 DiT steps at batch 16, one
+worker process. The reference stage passes over the whole val split, the tokenizer stage over the
 whole train split (its latent statistics) and the whole val split (its reconstruction
 metrics), and encode over the train split twice (plain and mirrored): those passes are what
 the data size tests.
@@ -71,13 +71,22 @@ def first_variant(code: Path) -> tuple[str, dict]:
     return name, variants[name]
 
 
+def first_seed(code: Path) -> list[int] | None:
+    """The first of `code`'s trial.seeds, the one seed the per-variant stages run for; None for
+    code from before seeds."""
+    trial = yaml.safe_load((code / "params.yaml").read_text()).get("trial")
+    return trial["seeds"][:1] if trial else None
+
+
 def stage_args(stage: str, per_variant: bool, variant: str) -> list[str]:
     """The `ldm` command of one pipeline stage (a per-variant one for `variant`)."""
     command = [stage.replace("_", "-")]
     return [*command, "--variant", variant] if per_variant else command
 
 
-def overrides(resolution: int, device: str, variant: tuple[str, dict], smoke: bool) -> list[str]:
+def overrides(
+    resolution: int, device: str, variant: tuple[str, dict], seeds: list[int] | None, smoke: bool
+) -> list[str]:
     values = {
         "variants": json.dumps({variant[0]: variant[1]}),  # one variant: report reads them all
         "data.resolution": resolution,
@@ -101,6 +110,8 @@ def overrides(resolution: int, device: str, variant: tuple[str, dict], smoke: bo
         "sample.batch_size": 16,
         "diffusion.curve_samples": 16,
     }
+    if seeds is not None:  # one seed: a per-variant command runs every seed it is not given
+        values["trial.seeds"] = json.dumps(seeds)
     if smoke:  # the toy sizes pass validation, the splits span shards, batches are full at both
         values |= {"validate.min_images": 8, "validate.min_images_per_class": 2}
         values |= {"data.val_fraction": 0.25, "prepare.shard_size": 8, "evaluate.nearest_k": 3}
@@ -155,7 +166,8 @@ print(json.dumps({name: stage.per_variant for name, stage in STAGES.items()}))
 def pipeline(args: argparse.Namespace) -> dict[str, bool]:
     """The measured code's stages (`ldm.stages.registry.STAGES`) in order: name -> per variant.
     Read before any image is written, from a child process with that code first on the path."""
-    sets = overrides(args.resolution, args.device, first_variant(args.code), args.smoke)
+    variant, seeds = first_variant(args.code), first_seed(args.code)
+    sets = overrides(args.resolution, args.device, variant, seeds, args.smoke)
     child = subprocess.run(
         [sys.executable, "-c", PIPELINE, json.dumps(sets[1::2])],
         cwd=args.code,
@@ -198,7 +210,7 @@ def measure(count: int, args: argparse.Namespace, work: Path) -> dict[str, float
         shutil.copy(args.code / name, project / name)
     write_images(project / "data" / "raw", count, args.resolution, seed=count)
     variant = first_variant(args.code)
-    sets = overrides(args.resolution, args.device, variant, args.smoke)
+    sets = overrides(args.resolution, args.device, variant, first_seed(args.code), args.smoke)
     peaks: dict[str, float] = {}
     for stage in args.stages:
         started = time.perf_counter()

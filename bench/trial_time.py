@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# The toy trial of --smoke (on top of the project's params.yaml; its first variant alone).
+# The toy trial of --smoke (on top of the project's params.yaml; its first variant and seed
+# alone).
 SMOKE = {
     "data.resolution": 16,
     "data.workers": 1,
@@ -193,12 +194,14 @@ def main() -> None:
 
 
 def smoke_overrides(project: Path) -> list[str]:
-    """SMOKE as --set values, with the project's first variant alone."""
+    """SMOKE as --set values, with the project's first variant and first seed alone."""
     import yaml
 
-    variants = yaml.safe_load((project / "params.yaml").read_text())["variants"]
-    first = next(iter(variants))
-    values = {"variants": {first: variants[first]}} | SMOKE
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    first = next(iter(params["variants"]))
+    values = {"variants": {first: params["variants"][first]}} | SMOKE
+    if "trial" in params:  # code from before seeds has none
+        values["trial.seeds"] = params["trial"]["seeds"][:1]
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ldm.errors import ConfigError
 from ldm.nested import apply_overrides as nested_overrides
+from ldm.paths import cell_name
 
 FoundationName = Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
 
@@ -116,6 +117,12 @@ class VariantConfig(Section):
     phases: Phases | None = None  # null: align.phases
     cos_margin: float | None = Field(default=None, ge=0.0, le=2.0)  # null: align.cos_margin
     distmat_margin: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+class TrialConfig(Section):
+    # Every variant trains once per seed, a cell `<variant>-<seed>`: its tokenizer with
+    # tokenizer.seed + seed, its DiT with diffusion.seed + seed; evaluate.seed, sample.seed shared.
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # each once (Config checks)
 
 
 class DiffusionConfig(Section):
@@ -247,6 +254,7 @@ class OrchestrationConfig(Section):
 class Config(Section):
     # Tokenizer settings compared downstream; every per-variant stage fans out over them.
     variants: dict[str, VariantConfig] = Field(min_length=1)
+    trial: TrialConfig
     data: DataConfig
     validate_: ValidateConfig = Field(alias="validate")  # `validate` shadows a BaseModel method
     prepare: PrepareConfig
@@ -265,7 +273,7 @@ class Config(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _variant_names_are_usable(self) -> Config:
+    def _cell_names_are_usable(self) -> Config:
         import re
 
         for name in self.variants:
@@ -274,6 +282,9 @@ class Config(Section):
                     f"variants: {name!r} cannot name a stage or a folder; use letters, digits, "
                     "'-' and '_', starting with a letter or digit"
                 )
+        seeds = self.trial.seeds  # a seed listed twice would name its cells twice
+        if twice := sorted({s for s in seeds if seeds.count(s) > 1}):
+            raise ValueError(f"trial.seeds: {twice} listed more than once; list each seed once")
         return self
 
     @model_validator(mode="after")
@@ -313,6 +324,10 @@ class Config(Section):
             cos_margin=align.cos_margin if v.cos_margin is None else v.cos_margin,
             distmat_margin=align.distmat_margin if v.distmat_margin is None else v.distmat_margin,
         )
+
+    def cells(self) -> list[str]:
+        """Every variant with every seed, in DVC's matrix order: `plain-0`, `plain-1`, ..."""
+        return [cell_name(variant, seed) for variant in self.variants for seed in self.trial.seeds]
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain JSON-able values, as logged to MLflow."""

@@ -1,4 +1,5 @@
-"""Where every stage reads and writes, derived once from the project root.
+"""Where every stage reads and writes, derived once from the project root, and the names of the
+cells (a variant trained with one seed) that per-variant stages and their folders carry.
 
 `dvc.yaml` names the same paths; `tests/test_wiring.py` keeps the two in step.
 """
@@ -59,9 +60,9 @@ class Paths:
     def stage_metrics(self, stage: str) -> Path:
         return self.metrics / f"{stage}.json"
 
-    def convergence(self, variant: str) -> Path:
-        """The DiT's gFD against step and compute, written by train_diffusion@<variant>."""
-        return self.metrics / f"convergence@{variant}.json"
+    def convergence(self, cell: str) -> Path:
+        """The DiT's gFD against step and compute, written by train_diffusion@<cell>."""
+        return self.metrics / f"convergence@{cell}.json"
 
     def local(self, path: Path | str | None) -> Path | None:
         """An optional weights path from params.yaml, resolved; None stays None."""
@@ -76,23 +77,43 @@ class Paths:
     def reports(self) -> Path:
         return self.data / "reports"
 
-    def evaluation(self, variant: str) -> Path:
-        """What evaluate@<variant> shows besides its numbers: sample grids."""
-        return self.data / "evaluations" / variant
+    def evaluation(self, cell: str) -> Path:
+        """What evaluate@<cell> shows besides its numbers: sample grids, kept features."""
+        return self.data / "evaluations" / cell
 
     @property
     def checkpoints(self) -> Path:
         return self.data / "checkpoints"
 
-    def tokenizer(self, variant: str) -> Path:
-        return self.checkpoints / f"tokenizer-{variant}"
+    # A cell is one variant trained with one seed, `plain-0` (`cell_name` below).
+    def tokenizer(self, cell: str) -> Path:
+        return self.checkpoints / f"tokenizer-{cell}"
 
-    def latents(self, variant: str) -> Path:
-        return self.data / "latents" / variant
+    def latents(self, cell: str) -> Path:
+        return self.data / "latents" / cell
 
-    def diffusion(self, variant: str) -> Path:
-        return self.checkpoints / f"diffusion-{variant}"
+    def diffusion(self, cell: str) -> Path:
+        return self.checkpoints / f"diffusion-{cell}"
 
     def work(self, stage: str) -> Path:
         """A stage's resume points: outside its DVC outputs, which DVC clears before a rerun."""
         return self.data / ".work" / stage
+
+
+def cell_name(variant: str, seed: int) -> str:
+    """A cell's name, as DVC's matrix names its stages (`encode@plain-0`) and the folders."""
+    return f"{variant}-{seed}"
+
+
+def split_cell(cell: str) -> tuple[str, int]:
+    """(variant, seed) of a cell's name; a variant's name may hold '-', a seed's never does."""
+    variant, dash, seed = cell.rpartition("-")
+    if not dash or not variant or not seed.isdigit():
+        raise ValueError(f"{cell!r} names no cell: <variant>-<seed>, e.g. plain-0")
+    return variant, int(seed)
+
+
+def cell_options(cell: str) -> str:
+    """The `ldm <stage>` options that pick the cell: `--variant plain --seed 0`."""
+    variant, seed = split_cell(cell)
+    return f"--variant {variant} --seed {seed}"

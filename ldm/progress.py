@@ -20,7 +20,7 @@ from typing import Protocol
 PLAIN_EVERY_S = 10.0  # under the 15 s a log reader waits before wondering whether it hangs
 
 # How far each loop of this process got, by its description: what an interrupted stage reports
-# ("interrupted during train_diffusion@plain at step 622").
+# ("interrupted during train_diffusion@plain-0 at step 622").
 _reached: dict[str, int] = {}
 
 

@@ -3,9 +3,10 @@
 - `StageCost`: what one stage cost (`data/metrics/<stage>.json`, keys `cost/...`), and the rule
   that prices its hours (`billed_usd`), used as a stage ends and again by the report.
 - `ConvergenceCurve`: gFD against training step and compute during `train_diffusion`
-  (`data/metrics/convergence@<variant>.json`).
-- `EvaluateRecord`: one variant's quality, speed and cost (`data/metrics/evaluate@<variant>.json`),
-  the contract between `evaluate`, `report`, the registry and the README's schema.
+  (`data/metrics/convergence@<cell>.json`, a cell being a variant trained with one seed).
+- `EvaluateRecord`: one cell's quality, speed and cost (`data/metrics/evaluate@<cell>.json`),
+  the contract between `evaluate`, `report`, the registry and the README's schema; the report
+  merges a variant's cells into one (ldm/report/seeds.py).
 
 A distance or similarity is only comparable within the network that measured it, so its JSON key
 carries that network's name: the field `fd` measured with EfficientNet-Lite2 is written
@@ -17,6 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+from ldm.paths import cell_name
 
 if TYPE_CHECKING:
     from ldm.config import CostConfig
@@ -143,6 +146,7 @@ class ConvergenceCurve(Record):
 
     named_by: ClassVar[dict[str, str]] = {}
     variant: str
+    seed: int = 0  # the cell's training seed (trial.seeds); 0 in curves from before seeds
     feature_net: str
     compute_unit: str  # "gpu_hours" or "cpu_hours"
     num_samples: int = Field(ge=2)
@@ -291,6 +295,7 @@ class VariantCost(Record):
 
 class EvaluateRecord(Record):
     variant: str
+    seed: int = 0  # the cell's training seed (trial.seeds); 0 in records from before seeds
     tokenizer: TokenizerQuality
     generation: GenerationQuality
     reference: ReferenceLines
@@ -300,6 +305,21 @@ class EvaluateRecord(Record):
     # its FDs flatter it. False in records written before the field existed.
     self_graded: bool = False
     uncertainty: Uncertainty | None = None  # None in records from before intervals
+    # A variant's cells merged into one record (ldm/report/seeds.py): the seeds it averages
+    # and each number's standard deviation over them (`fd`, `relative_fd`, `precision`, ...,
+    # `psnr`, `rfd`). None in one cell's own record.
+    merged_seeds: list[int] | None = None
+    seed_spread: dict[str, float] | None = None
+
+    @property
+    def cell(self) -> str:
+        """`<variant>-<seed>`: the cell's stages, folders and registered model are named so."""
+        return cell_name(self.variant, self.seed)
+
+    @property
+    def seed_count(self) -> int:
+        """Training seeds behind the numbers: one for a cell's record."""
+        return len(self.merged_seeds) if self.merged_seeds else 1
 
     def priced(self, prices: CostConfig) -> EvaluateRecord:
         """The record with its cost at `prices` (see `VariantCost.priced`)."""

@@ -26,21 +26,21 @@ def write_generator(root: Path, seed: int) -> tuple[Path, Path]:
         ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), latent_channels=4,
         resolution=16,
     )  # fmt: skip
-    tokenizer_dir = root / "data/checkpoints/tokenizer-plain"
+    tokenizer_dir = root / "data/checkpoints/tokenizer-plain-0"
     save_release(
         tokenizer_dir,
         Tokenizer(arch),
         {"arch": arch.to_dict(), "latent_mean": [0.1] * 4, "latent_std": [0.9] * 4},
     )
     dit = unzero(create_model("T/2", 4, 8, len(CLASSES)))
-    diffusion_dir = root / "data/checkpoints/diffusion-plain"
+    diffusion_dir = root / "data/checkpoints/diffusion-plain-0"
     save_release(
         diffusion_dir,
         dit,
         {
             "model": dit.config,
             "class_map": CLASSES,
-            "tokenizer": "data/checkpoints/tokenizer-plain",
+            "tokenizer": "data/checkpoints/tokenizer-plain-0",
         },
     )
     return tokenizer_dir, diffusion_dir
@@ -91,8 +91,8 @@ def register(root: Path, record: EvaluateRecord, run_id: str) -> Registration:
     return register_generator(
         root,
         cfg.registry.model_name,
-        checkpoints / "tokenizer-plain",
-        checkpoints / "diffusion-plain",
+        checkpoints / "tokenizer-plain-0",
+        checkpoints / "diffusion-plain-0",
         cfg.sample,
         record,
         provenance,

@@ -1,8 +1,8 @@
 """A tiny trial run once per test session, and what each stage read while it ran.
 
 `run_tiny_trial` runs every stage of a tiny project (tests/conftest.py: `make_tiny_project`,
-both variants of the repo's params.yaml) in DAG order in this process through
-`ldm.stages.run`, as `ldm <stage>` does (MLflow runs in `mlflow.db`, metrics files, the
+both variants of the repo's params.yaml, each with its one seed) in DAG order in this process
+through `ldm.stages.run`, as `ldm <stage>` does (MLflow runs in `mlflow.db`, metrics files, the
 report, the registry). The fixtures `tiny_prepared` (validate, prepare, reference) and
 `tiny_trial` (the rest, in a copy of it) in tests/conftest.py run it once per session and share
 their projects with every test that uses them: read them, or copy them to change them.
@@ -39,13 +39,15 @@ from ldm.config import Config, Section, load
 from ldm.paths import Paths
 from ldm.stages import STAGES, stage_names
 
-# The variants of the tiny trial (the repo's params.yaml), in the order its stages run them.
+# The variants of the tiny trial (the repo's params.yaml), in the order its stages run them,
+# each trained with the one seed of trial.seeds: its cells are `plain-0` and `aligned-0`.
 PLAIN, ALIGNED = "plain", "aligned"
+SEED = 0
 
 
 @dataclass
 class StageReads:
-    """What one stage run (`encode@plain`) read."""
+    """What one stage run (`encode@plain-0`) read."""
 
     cfg: Config  # the config it ran with
     keys: set[str] = field(default_factory=set)  # `sample.steps`; a section name: all of it
@@ -56,7 +58,7 @@ class StageReads:
 class TinyTrial:
     root: Path
     cfg: Config  # params.yaml of the project
-    reads: dict[str, StageReads]  # by run: `validate`, `encode@plain`, `train_tokenizer@aligned`
+    reads: dict[str, StageReads]  # by run: `validate`, `encode@plain-0`, ...
     seconds: float  # how long the stages took
 
 
@@ -343,7 +345,7 @@ def _watched_stage(stage: str, function: Callable, recorder: Recorder) -> Callab
 def run_tiny_trial(
     root: Path, upto: str | None = None, after: TinyTrial | None = None
 ) -> TinyTrial:
-    """The stage runs of the project at `root` (run from it) in DAG order, each variant's, each
+    """The stage runs of the project at `root` (run from it) in DAG order, each cell's, each
     watched: up to stage `upto` (default: to the end), after those `after` ran (its reads kept).
     """
     from ldm.stages import run
@@ -360,7 +362,7 @@ def run_tiny_trial(
     with recording(recorder):
         for name in names:
             if name not in done:
-                stage, _, variant = name.partition("@")
-                run(stage, cfg, paths, variant or None)
+                stage, _, cell = name.partition("@")
+                run(stage, cfg, paths, cell or None)
     seconds = time.perf_counter() - started + (after.seconds if after else 0.0)
     return TinyTrial(root, cfg, recorder.reads, seconds)

@@ -108,6 +108,9 @@ def test_paper_smoke_prints_a_row_per_stage(gpu_check_dry_run: tuple[str, Path])
     log = (logs / "part4.log").read_text().splitlines()
     header = next(i for i, line in enumerate(log) if line.split() == ["stage", "result", "cost"])
     rows = log[header + 2 : header + 6]
-    stages = ["reference", "train_tokenizer@aligned", "encode@aligned", "train_diffusion@aligned"]
+    stages = [
+        "reference",
+        *(f"{s}@aligned-0" for s in ("train_tokenizer", "encode", "train_diffusion")),
+    ]
     for row, stage in zip(rows, stages, strict=True):
         assert row.startswith(f"paper preset {stage}") and " dry " in row, "\n".join(log)

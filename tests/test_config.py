@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from ldm import config, params_file
 from ldm.config import Config, ConfigError
+from ldm.paths import cell_name, cell_options, split_cell
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +53,37 @@ def test_variants_can_be_replaced_or_edited_but_not_an_unknown_key() -> None:
 def test_bad_variants_and_phases_say_what_is_wrong(override: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         config.load(REPO / "params.yaml", [override])
+
+
+def test_cells_are_every_variant_with_every_seed_in_dvcs_matrix_order() -> None:
+    cfg = config.load(
+        REPO / "params.yaml",
+        ["variants={f16-vf: {preset: f4d8, align: true}, b: {preset: f4d8, align: false}}"]
+        + ["trial.seeds=[3, 0]"],
+    )
+    assert cfg.cells() == ["f16-vf-3", "f16-vf-0", "b-3", "b-0"]
+    # a variant's name may hold '-', a seed's never does: the last '-' splits them
+    assert split_cell("f16-vf-3") == ("f16-vf", 3)
+    assert split_cell(cell_name("b", 0)) == ("b", 0)
+    assert cell_options("f16-vf-3") == "--variant f16-vf --seed 3"
+    for bad in ("plain", "plain-", "-0", "plain-x"):
+        with pytest.raises(ValueError, match="names no cell"):
+            split_cell(bad)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "named"),
+    [
+        ("[0, 1, 0]", "listed more than once"),
+        ("[]", "trial.seeds"),
+        ("[-1]", "trial.seeds.0"),
+        ("[0.5]", "trial.seeds.0"),
+    ],
+)
+def test_bad_seeds_are_refused_naming_the_setting(seeds: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named) as info:
+        config.load(REPO / "params.yaml", [f"trial.seeds={seeds}"])
+    assert "trial.seeds" in str(info.value)
 
 
 def test_overrides_are_parsed_as_yaml_and_applied() -> None:
@@ -143,6 +175,20 @@ def test_every_preset_gives_a_valid_config(tmp_path: Path) -> None:
         values = preset_values(REPO / "presets", preset.stem)
         cfg = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()])
         assert cfg.data.resolution % 16 == 0, preset.name
+
+
+def test_decisive_preset_trains_three_seeds_and_widens_the_guidance_sweep() -> None:
+    import json
+
+    from ldm.params_file import preset_values
+
+    values = preset_values(REPO / "presets", "decisive")
+    cfg = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    assert cfg.trial.seeds == [0, 1, 2] and len(cfg.evaluate.cfg_scales) > 3
+    assert cfg.cells() == [f"{v}-{s}" for v in ("plain", "aligned") for s in (0, 1, 2)]
+    on_paper = preset_values(REPO / "presets", "paper") | values  # `paper`, then `decisive`
+    paper = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in on_paper.items()])
+    assert paper.trial.seeds == [0, 1, 2] and paper.diffusion.model == "B/1"
 
 
 def test_paper_grid_is_the_papers_six_tokenizers_on_the_paper_setting() -> None:

@@ -77,7 +77,7 @@ def test_two_processes_through_torchrun_train_what_one_process_trains(
     prepared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = Paths(prepared)
-    stage = "train_tokenizer@plain"
+    stage = "train_tokenizer@plain-0"
     # One thread, as each rank has: with the perceptual loss a few Adam steps are sensitive to
     # the summation order (1 vs 2 threads alone move the outputs by ~4e-3).
     threads = torch.get_num_threads()
@@ -86,14 +86,14 @@ def test_two_processes_through_torchrun_train_what_one_process_trains(
         invoke("train-tokenizer", "--variant", "plain", "--set", NO_PERCEPTUAL)
     finally:
         torch.set_num_threads(threads)
-    single = tokenizer_outputs(paths.tokenizer("plain"))
+    single = tokenizer_outputs(paths.tokenizer("plain-0"))
     shutil.rmtree(paths.work(stage))
     single_metrics = json.loads(paths.stage_metrics(stage).read_text())
     sets = ["--set", NO_PERCEPTUAL, "--set", "tokenizer.world_size=2"]
     invoke("train-tokenizer", "--variant", "plain", *sets)
     # Looser than the loop's test (1e-4): a few Adam steps of this wider model on 16 px images
     # move single outputs by ~2e-4 with the summation order.
-    for ours, theirs in zip(tokenizer_outputs(paths.tokenizer("plain")), single, strict=True):
+    for ours, theirs in zip(tokenizer_outputs(paths.tokenizer("plain-0")), single, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
     metrics = json.loads(paths.stage_metrics(stage).read_text())
     assert metrics["psnr"] == pytest.approx(single_metrics["psnr"], rel=1e-3)
@@ -109,12 +109,12 @@ def test_two_processes_through_torchrun_train_what_one_process_trains(
     assert latest.data.metrics["train/l1"] > 0  # rank 0's curve, in the launcher's run
 
     invoke("encode", "--variant", "plain")
-    stage, batch = "train_diffusion@plain", "diffusion.micro_batch_size=4"
+    stage, batch = "train_diffusion@plain-0", "diffusion.micro_batch_size=4"
     invoke("train-diffusion", "--variant", "plain", "--set", batch)
-    single = released_weights(paths.diffusion("plain"), paths.work(stage))
+    single = released_weights(paths.diffusion("plain-0"), paths.work(stage))
     sets = ["--set", batch, "--set", "diffusion.world_size=2"]
     invoke("train-diffusion", "--variant", "plain", *sets)
-    assert_close(load_file(paths.diffusion("plain") / "model.safetensors"), single)  # the EMA
+    assert_close(load_file(paths.diffusion("plain-0") / "model.safetensors"), single)  # the EMA
     assert len(runs_named(prepared, stage)) == 2  # one per command, none per rank
 
 
@@ -123,7 +123,7 @@ def test_a_rank_error_fails_the_command_with_its_message_and_code(prepared: Path
     result = runner.invoke(app, ["train-tokenizer", "--variant", "plain", *sets])
     assert result.exit_code == 1
     assert "multiple of tokenizer.world_size" in result.stderr
-    (run,) = runs_named(prepared, "train_tokenizer@plain")
+    (run,) = runs_named(prepared, "train_tokenizer@plain-0")
     assert run.info.status == "FAILED"
 
 
@@ -132,7 +132,7 @@ def test_dvc_repro_records_a_two_process_stage_like_any_other(prepared: Path) ->
     set_params(prepared / "params.yaml", {"tokenizer.world_size": 2})
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     repro = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", "train_tokenizer@plain"],
+        [sys.executable, "-m", "dvc", "repro", "--single-item", "train_tokenizer@plain-0"],
         cwd=prepared,
         env=env,
         capture_output=True,
@@ -141,9 +141,9 @@ def test_dvc_repro_records_a_two_process_stage_like_any_other(prepared: Path) ->
     )
     assert repro.returncode == 0, repro.stdout + repro.stderr
     lock = yaml.safe_load((prepared / "dvc.lock").read_text())["stages"]
-    assert lock["train_tokenizer@plain"]["cmd"] == "ldm train-tokenizer --variant plain"
-    assert lock["train_tokenizer@plain"]["params"]["params.yaml"]["tokenizer"]["world_size"] == 2
-    (run,) = runs_named(prepared, "train_tokenizer@plain")
+    assert lock["train_tokenizer@plain-0"]["cmd"] == "ldm train-tokenizer --variant plain --seed 0"
+    assert lock["train_tokenizer@plain-0"]["params"]["params.yaml"]["tokenizer"]["world_size"] == 2
+    (run,) = runs_named(prepared, "train_tokenizer@plain-0")
     assert run.info.status == "FINISHED"
 
 

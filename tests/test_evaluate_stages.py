@@ -34,23 +34,25 @@ def test_evaluate_writes_the_record_between_its_reference_lines(tiny_trial: Tiny
     trained = tiny_trial.root
     paths = Paths(trained)
     for variant in ("plain", "aligned"):
-        raw = json.loads(paths.stage_metrics(f"evaluate@{variant}").read_text())
+        cell = f"{variant}-0"  # the default trial.seeds: [0]
+        raw = json.loads(paths.stage_metrics(f"evaluate@{cell}").read_text())
         # Every FD is named after its network in the file itself.
         assert "fd_effnet_lite2" in raw["generation"]
         assert "rfd_effnet_lite2" in raw["tokenizer"]
         assert "perceptual_effnet_lite2" in raw["tokenizer"]  # never the loss's Lite0
         record = EvaluateRecord.model_validate(raw)
-        assert record.variant == variant and record.generation.num_samples == 16
+        assert record.variant == variant and record.seed == 0 and record.cell == cell
+        assert record.generation.num_samples == 16
         assert 0 <= record.generation.precision <= 1 and 0 <= record.generation.recall <= 1
         assert record.reference.fd_train_val > 0 and record.reference.fd_random_latents > 0
         assert set(record.cost.stages) == {
             "validate",
             "prepare",
             "reference",
-            f"train_tokenizer@{variant}",
-            f"encode@{variant}",
-            f"train_diffusion@{variant}",
-            f"evaluate@{variant}",
+            f"train_tokenizer@{cell}",
+            f"encode@{cell}",
+            f"train_diffusion@{cell}",
+            f"evaluate@{cell}",
         }
         assert record.cost.total.usd == pytest.approx(
             sum(c.usd for c in record.cost.stages.values())
@@ -63,14 +65,14 @@ def test_evaluate_writes_the_record_between_its_reference_lines(tiny_trial: Tiny
         assert record.speed.cfg_scale == record.generation.cfg_scale
         # every class's gFD has its interval
         assert set(record.uncertainty.per_class) == set(record.generation.fd_per_class)
-        assert (paths.evaluation(variant) / "samples.png").is_file()
+        assert (paths.evaluation(cell) / "samples.png").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     (run,) = client.search_runs(
         [client.get_experiment_by_name("ldm-poc").experiment_id],
-        "attributes.run_name = 'evaluate@plain'",
+        "attributes.run_name = 'evaluate@plain-0'",
     )
     assert run.data.metrics["generation/fd_effnet_lite2"] == pytest.approx(
-        record_fd := json.loads(paths.stage_metrics("evaluate@plain").read_text())["generation"][
+        record_fd := json.loads(paths.stage_metrics("evaluate@plain-0").read_text())["generation"][
             "fd_effnet_lite2"
         ]
     )
@@ -91,13 +93,13 @@ def test_report_registers_each_generator_once_and_recommends(trial_copy: Path) -
     html = (paths.reports / "report.html").read_text()
     assert "<img" in html and 'src="http' not in html
     registry = json.loads((paths.reports / "registry.json").read_text())
-    assert set(registry["versions"]) == {"plain", "aligned"}
-    assert registry["candidate"] == registry["versions"][summary["recommended"]]
+    assert set(registry["versions"]) == {"plain-0", "aligned-0"}  # one version per cell
+    assert registry["candidate"] == registry["versions"][summary["recommended"] + "-0"]
     assert set(registry["versions"].values()) == {str(v.version) for v in registered}
 
     candidate = client.get_model_version_by_alias("ldm-generator", "candidate")
     assert str(candidate.version) == registry["candidate"]
-    assert candidate.tags["variant"] == summary["recommended"]
+    assert candidate.tags["variant"] == summary["recommended"] and candidate.tags["seed"] == "0"
     # the verdict travels with the version, and names one of its outcomes
     assert summary["outcome"] in {"recommended", "tie"}
     assert candidate.tags["decision"] == summary["recommendation"]

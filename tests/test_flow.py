@@ -70,7 +70,7 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
     # The first trial and its re-run are the benchmark's (`bench_trial`); the rest, on a copy.
     project, table = bench_trial_copy, bench_trial.table
     names = stage_names(load(project / "params.yaml"))
-    assert names[0] == "validate" and "train_diffusion@plain" in names
+    assert names[0] == "validate" and "train_diffusion@plain-0" in names
 
     # The benchmark's table: each stage run's own wall time, the overhead, the re-run.
     lines = table.splitlines()
@@ -95,7 +95,7 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
     listed = stage_list(out, names)
     assert list(listed) == names and set(listed.values()) == {"ran"}
     # The stages' own lines reach the terminal as they come, without DVC's git hints.
-    assert any(line.strip().startswith("train_tokenizer@plain  2/2") for line in lines)
+    assert any(line.strip().startswith("train_tokenizer@plain-0  2/2") for line in lines)
     assert "git add" not in out and "autostage" not in out and "Traceback" not in out
     # It ends with the answer: the table, the recommendation, the report and the run.
     assert "Trial answer" in out and "recommended: plain" in out
@@ -142,10 +142,10 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
     listed = stage_list(changed.stdout, names)
     assert list(listed) == names
     assert [stage for stage, status in listed.items() if status == "ran"] == [
-        "evaluate@plain",
+        "evaluate@plain-0",
         "report",
     ]
-    evaluated = json.loads((project / "data/metrics/evaluate@plain.json").read_text())
+    evaluated = json.loads((project / "data/metrics/evaluate@plain-0.json").read_text())
     assert evaluated["generation"]["nearest_k"] == 2
     second_id = parent_id_of(changed.stdout)
     assert second_id != parent_id
@@ -154,10 +154,10 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
     assert second.data.metrics["stages_ran"] == 2
     runs = runs_by_name(project)
     assert {stage: len(runs[stage]) for stage in names} == dict.fromkeys(names, 1) | {
-        "evaluate@plain": 2,
+        "evaluate@plain-0": 2,
         "report": 2,
     }
-    assert {run.data.tags["mlflow.parentRunId"] for run in runs["evaluate@plain"]} == {
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs["evaluate@plain-0"]} == {
         parent_id,
         second_id,
     }
@@ -173,17 +173,17 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
     listed = stage_list(widened.stdout, names)
     assert list(listed) == names
     assert [stage for stage, status in listed.items() if status == "ran"] == [
-        "train_tokenizer@aligned",
-        "encode@aligned",
-        "train_diffusion@aligned",
-        "evaluate@aligned",
+        "train_tokenizer@aligned-0",
+        "encode@aligned-0",
+        "train_diffusion@aligned-0",
+        "evaluate@aligned-0",
         "report",
     ]
     third_id = parent_id_of(widened.stdout)
     runs = runs_by_name(project)
-    for stage in ("train_tokenizer@plain", "encode@plain", "train_diffusion@plain"):
+    for stage in ("train_tokenizer@plain-0", "encode@plain-0", "train_diffusion@plain-0"):
         assert len(runs[stage]) == 1, stage
-    for stage in ("train_tokenizer@aligned", "evaluate@aligned"):
+    for stage in ("train_tokenizer@aligned-0", "evaluate@aligned-0"):
         (stage_run,) = runs[stage]
         assert stage_run.data.tags["mlflow.parentRunId"] == third_id
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -194,7 +194,7 @@ def test_ldm_run_runs_each_stage_through_dvc_shows_the_answer_and_reruns_only_wh
     assert "didn't change, skipping" in repro
     assert "Running stage" not in repro
     metrics = dvc(project, "metrics", "show", "--json")
-    assert "evaluate@aligned.json" in metrics and "fd_effnet_lite2" in metrics
+    assert "evaluate@aligned-0.json" in metrics and "fd_effnet_lite2" in metrics
 
 
 @pytest.mark.parametrize(

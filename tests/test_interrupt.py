@@ -22,12 +22,12 @@ from tests.conftest import ldm_env, set_params
 
 pytestmark = pytest.mark.slow
 
-WORK = Path("data/.work/train_diffusion@plain")
-MODEL = Path("data/checkpoints/diffusion-plain")
+WORK = Path("data/.work/train_diffusion@plain-0")
+MODEL = Path("data/checkpoints/diffusion-plain-0")
 # Long enough to be stopped mid-way: a resume point every 20 steps.
 LONGER = {"diffusion.steps": 400, "diffusion.checkpoint_every": 20, "diffusion.sample_every": 400}
 LINE = re.compile(
-    r"interrupted during train_diffusion@plain at step (\d+); "
+    r"interrupted during train_diffusion@plain-0 at step (\d+); "
     r"the last resume point is step (\d+): run `(.+)` to go on"
 )
 
@@ -106,9 +106,9 @@ def test_ctrl_c_sigterm_and_a_crash_stop_ldm_run_and_the_next_run_resumes(
     # the model being retrained included (its last finished version).
     (trial, *_) = runs_of(root, "trial *")
     assert trial.info.status == "KILLED"
-    assert runs_of(root, "train_diffusion@plain")[0].info.status == "KILLED"
+    assert runs_of(root, "train_diffusion@plain-0")[0].info.status == "KILLED"
     assert sorted(p.name for p in (root / MODEL).iterdir()) == model_before
-    for output in ("data/prepared", "data/checkpoints/tokenizer-plain", "data/latents/plain"):
+    for output in ("data/prepared", "data/checkpoints/tokenizer-plain-0", "data/latents/plain-0"):
         assert (root / output).is_dir(), output
 
     # SIGTERM, as a cancelled CI job sends it, to the next run, which resumed.
@@ -137,7 +137,7 @@ def test_ctrl_c_sigterm_and_a_crash_stop_ldm_run_and_the_next_run_resumes(
     # The next run resumes there, marks the crashed trial's runs KILLED, and meets a transient
     # failure in evaluate (exit 3 once), which it retries; the trial then finishes.
     dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
-    evaluate = dvc_yaml["stages"]["evaluate"]["do"]
+    evaluate = dvc_yaml["stages"]["evaluate"]  # a matrix stage: its body is its own
     evaluate["cmd"] = "test -f .failed-once || { touch .failed-once; exit 3; }; " + evaluate["cmd"]
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     done = subprocess.run(
@@ -151,13 +151,13 @@ def test_ctrl_c_sigterm_and_a_crash_stop_ldm_run_and_the_next_run_resumes(
     out, lines = done.stdout + done.stderr, done.stdout.splitlines()
     assert done.returncode == 0, out
     assert f"resuming at step {crashed_at}" in out, out
-    for stage in ("validate", "prepare", "train_tokenizer@plain", "encode@plain"):
+    for stage in ("validate", "prepare", "train_tokenizer@plain-0", "encode@plain-0"):
         assert any(line.split() == [stage, "skipped"] for line in lines), stage
     crashed = [run for run in runs_of(root, "trial *") if run.info.status == "KILLED"]
     assert len(crashed) == 3, "Ctrl-C, SIGTERM and the crash"
     assert "of a killed trial is marked KILLED" in out
-    assert "! evaluate@plain: failed (exit code 3)" in out
-    assert "> evaluate@plain (attempt 2)" in out
+    assert "! evaluate@plain-0: failed (exit code 3)" in out
+    assert "> evaluate@plain-0 (attempt 2)" in out
     assert "Trial answer" in done.stdout
 
 
@@ -177,12 +177,12 @@ def test_ldm_stage_alone_and_dvc_repro_stop_the_same_way(bench_trial_copy: Path)
     assert proc.wait(timeout=10) == 143, log.read_text()
     assert not psutil.wait_procs(family, timeout=max(0.0, sent + 10 - time.monotonic()))[1]
     _, resume_point = assert_one_line(log.read_text(), " ".join(command))
-    assert runs_of(root, "train_diffusion@plain")[0].info.status == "KILLED"
+    assert runs_of(root, "train_diffusion@plain-0")[0].info.status == "KILLED"
 
     # `dvc repro`, Ctrl-C: DVC reports the stage's failure, the stage its line; the previous
     # model stays in place (dvc.yaml: persist), so `ldm sample` still works meanwhile.
     log = root.parent / "dvc.log"
-    proc = start(root, [sys.executable, "-m", "dvc", "repro", "train_diffusion@plain"], log, env)
+    proc = start(root, [sys.executable, "-m", "dvc", "repro", "train_diffusion@plain-0"], log, env)
     wait_for_step(root, proc, resume_point + 20, log)
     code, _ = stop(proc, signal.SIGINT, at_least=2)  # dvc and the stage
     out = log.read_text()

@@ -88,13 +88,13 @@ def test_report_time_prices_reprice_stored_costs() -> None:
     is the sum of its stages, and what was stored is not changed."""
     stages = {
         "prepare": stage_cost(0.5, 0.0, cost.CPU, usd=99.0),  # priced once at other prices
-        "train_diffusion@plain": stage_cost(4.0, 2.0, H100, usd=99.0),
+        "train_diffusion@plain-0": stage_cost(4.0, 2.0, H100, usd=99.0),
     }
     stored = VariantCost(total=total_cost(list(stages.values())), stages=stages)
     for prices, gpu_stage in ((PRICES, 2 * 2.0), (BOTH, 2 * 2.0 + 4 * 0.1)):
         priced = stored.priced(prices)
         assert priced.stages["prepare"].usd == pytest.approx(0.5 * 0.1)
-        assert priced.stages["train_diffusion@plain"].usd == pytest.approx(gpu_stage)
+        assert priced.stages["train_diffusion@plain-0"].usd == pytest.approx(gpu_stage)
         assert priced.total.usd == pytest.approx(0.5 * 0.1 + gpu_stage)
         assert priced.total.cpu_hours == stored.total.cpu_hours  # hours never change
     dearer = CostConfig(gpu_hour_usd=4.0, cpu_hour_usd=0.1, bill_cpu_on_gpu=False)
@@ -106,8 +106,8 @@ def test_a_trial_reprices_without_retraining(tiny_trial) -> None:  # noqa: ANN00
     """The tiny trial's records, as the report reads them, at two CPU prices."""
     paths = Paths(tiny_trial.root)
     records = [
-        EvaluateRecord.model_validate_json(paths.stage_metrics(f"evaluate@{v}").read_text())
-        for v in tiny_trial.cfg.variants
+        EvaluateRecord.model_validate_json(paths.stage_metrics(f"evaluate@{c}").read_text())
+        for c in tiny_trial.cfg.cells()
     ]
     low = CostConfig(gpu_hour_usd=2.5, cpu_hour_usd=0.05, bill_cpu_on_gpu=False)
     high = CostConfig(gpu_hour_usd=2.5, cpu_hour_usd=0.5, bill_cpu_on_gpu=False)
@@ -230,23 +230,23 @@ def test_the_trial_total_is_its_stage_runs_a_resumed_one_and_the_report_included
     from ldm.stages import train_diffusion as stage
 
     root, paths = trial_copy, Paths(trial_copy)
-    work = paths.work("train_diffusion@plain")
+    work = paths.work("train_diffusion@plain-0")
     first = carried_at(work, 4)  # the finished tiny run: it is extended to 8 steps below
     assert first.attempts == 1
     cfg = load(root / "params.yaml", ["diffusion.steps=8"])
     # Extended from step 4, stopped at step 7 (resume point 6), then resumed to the end.
     monkeypatch.setattr(stage, "progress_bar", lambda *a, **k: stopped_after(7))
     with pytest.raises(KeyboardInterrupt):
-        run("train_diffusion", cfg, paths, "plain")
+        run("train_diffusion", cfg, paths, "plain-0")
     kept = carried_at(work, 6)
     assert kept.attempts == 2 and kept.wall_seconds > first.wall_seconds
     monkeypatch.setattr(stage, "progress_bar", lambda *a, **k: stopped_after(10**6))
-    run("train_diffusion", cfg, paths, "plain")
-    resumed = json.loads(paths.stage_metrics("train_diffusion@plain").read_text())
+    run("train_diffusion", cfg, paths, "plain-0")
+    resumed = json.loads(paths.stage_metrics("train_diffusion@plain-0").read_text())
     assert resumed["cost/attempts"] == 3
     assert resumed["cost/wall_seconds"] > kept.wall_seconds
     assert resumed["cost/cpu_hours"] > kept.cpu_hours
-    refresh_cost(paths, "plain")  # as `evaluate` would: its record holds the resumed cost
+    refresh_cost(paths, "plain-0")  # as `evaluate` would: its record holds the resumed cost
 
     with tracking.trial_run(root, cfg.tracking.experiment, root / "params.yaml", "trial", {}) as t:
         monkeypatch.setenv(tracking.PARENT_RUN_ENV, t.run_id)
@@ -257,7 +257,7 @@ def test_the_trial_total_is_its_stage_runs_a_resumed_one_and_the_report_included
     assert set(stage_runs) == set(stage_names(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     killed = [r for r in client.search_runs([experiment]) if r.info.status == "KILLED"]
-    assert [r.info.run_name for r in killed] == ["train_diffusion@plain"]
+    assert [r.info.run_name for r in killed] == ["train_diffusion@plain-0"]
     assert not any(k.startswith("cost/") for k in killed[0].data.metrics)  # only carried
     for key in ("usd", "cpu_hours", "gpu_hours", "wall_seconds"):
         summed = sum(r.data.metrics[f"cost/{key}"] for r in stage_runs.values())
@@ -270,16 +270,16 @@ def test_the_trial_total_is_its_stage_runs_a_resumed_one_and_the_report_included
     assert report["trial_usd"] == pytest.approx(total["cost/usd"], rel=1e-9)
 
 
-def refresh_cost(paths: Paths, variant: str) -> None:
-    """A variant's record with the costs of the stages before it read again, as `evaluate`
+def refresh_cost(paths: Paths, cell: str) -> None:
+    """A cell's record with the costs of the stages before it read again, as `evaluate`
     reads them (its quality numbers do not matter here, and evaluating takes a while)."""
     from ldm.files import write_json_atomic
-    from ldm.stages.evaluate import variant_costs
+    from ldm.stages.evaluate import cell_costs
 
-    file = paths.stage_metrics(f"evaluate@{variant}")
+    file = paths.stage_metrics(f"evaluate@{cell}")
     record = EvaluateRecord.model_validate_json(file.read_text())
-    own = f"evaluate@{variant}"
-    stages = variant_costs(paths, variant) | {own: record.cost.stages[own]}
+    own = f"evaluate@{cell}"
+    stages = cell_costs(paths, cell) | {own: record.cost.stages[own]}
     cost = VariantCost(total=total_cost(list(stages.values())), stages=stages)
     write_json_atomic(file, record.model_copy(update={"cost": cost}).model_dump())
 

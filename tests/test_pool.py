@@ -222,8 +222,8 @@ def test_train_diffusion_on_a_work_pool_leaves_what_a_local_trial_leaves(
     lines = out.splitlines()
     assert f"  sent to the work pool '{POOL}'" in out
     # The worker's lines reach this terminal as a local stage's would.
-    assert any(line.strip().startswith("train_diffusion@plain  4/4") for line in lines), out
-    assert any(line.split() == ["train_diffusion@plain", "ran"] for line in lines)
+    assert any(line.strip().startswith("train_diffusion@plain-0  4/4") for line in lines), out
+    assert any(line.split() == ["train_diffusion@plain-0", "ran"] for line in lines)
     assert "Traceback" not in out + remote.stderr
 
     # What a local trial leaves: the same stage run here as the trial runs a local one
@@ -232,14 +232,14 @@ def test_train_diffusion_on_a_work_pool_leaves_what_a_local_trial_leaves(
     uri = team["MLFLOW_TRACKING_URI"]
     shutil.copytree(project, local)
     lock = yaml.safe_load((local / "dvc.lock").read_text())
-    del lock["stages"]["train_diffusion@plain"]
+    del lock["stages"]["train_diffusion@plain-0"]
     (local / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-    shutil.rmtree(local / "data/checkpoints/diffusion-plain")
+    shutil.rmtree(local / "data/checkpoints/diffusion-plain-0")
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("ldm-poc").experiment_id
     local_parent = client.create_run(experiment, run_name="local trial").info.run_id
     subprocess.run(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", "train_diffusion@plain"],
+        [sys.executable, "-m", "dvc", "repro", "--single-item", "train_diffusion@plain-0"],
         cwd=local,
         env=laptop | {"LDM_PARENT_RUN_ID": local_parent},
         check=True,
@@ -249,8 +249,8 @@ def test_train_diffusion_on_a_work_pool_leaves_what_a_local_trial_leaves(
 
     # The same dvc.lock entries and outputs as the local trial, and DVC finds nothing to do.
     assert dvc_lock(project) == dvc_lock(local)
-    assert digest(project / "data/checkpoints/diffusion-plain") == digest(
-        local / "data/checkpoints/diffusion-plain"
+    assert digest(project / "data/checkpoints/diffusion-plain-0") == digest(
+        local / "data/checkpoints/diffusion-plain-0"
     )
     status = subprocess.run(
         [sys.executable, "-m", "dvc", "status", "--json"],
@@ -261,11 +261,11 @@ def test_train_diffusion_on_a_work_pool_leaves_what_a_local_trial_leaves(
     )
     assert json.loads(status.stdout) == {}
     # The stage's metrics file came back: evaluate and the report counted its cost.
-    metrics_file = "data/metrics/train_diffusion@plain.json"
+    metrics_file = "data/metrics/train_diffusion@plain-0.json"
     assert (project / metrics_file).read_text() == (gpu_host / metrics_file).read_text()
     cost = json.loads((project / metrics_file).read_text())
-    evaluated = json.loads((project / "data/metrics/evaluate@plain.json").read_text())
-    counted = evaluated["cost"]["stages"]["train_diffusion@plain"]
+    evaluated = json.loads((project / "data/metrics/evaluate@plain-0.json").read_text())
+    counted = evaluated["cost"]["stages"]["train_diffusion@plain-0"]
     assert counted["wall_seconds"] == cost["cost/wall_seconds"]
     assert counted["device_kind"] == cost["cost/device_kind"]
 
@@ -274,7 +274,7 @@ def test_train_diffusion_on_a_work_pool_leaves_what_a_local_trial_leaves(
     assert set(remote_runs) == set(stage_names(load(project / "params.yaml")))
     assert all(run["status"] == "FINISHED" for run in remote_runs.values())
     assert nested_runs(uri, local_parent) == {
-        "train_diffusion@plain": remote_runs["train_diffusion@plain"]
+        "train_diffusion@plain-0": remote_runs["train_diffusion@plain-0"]
     }
 
     # A failure on the worker stops the trial as a local one would: no retry of a setup fault,
@@ -282,8 +282,8 @@ def test_train_diffusion_on_a_work_pool_leaves_what_a_local_trial_leaves(
     failed = ldm_run(project, "--set", "diffusion.micro_batch_size=3", env=laptop, timeout=600)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "must be a multiple of world_size" in failed.stdout
-    assert "! train_diffusion@plain: failed (exit code 1)" in failed.stdout
-    assert "(attempt 2)" not in failed.stdout and "> evaluate@plain" not in failed.stdout
+    assert "! train_diffusion@plain-0: failed (exit code 1)" in failed.stdout
+    assert "(attempt 2)" not in failed.stdout and "> evaluate@plain-0" not in failed.stdout
 
 
 def test_a_trial_sent_to_a_pool_without_servers_or_remote_stops_at_once_naming_them(
@@ -292,7 +292,7 @@ def test_a_trial_sent_to_a_pool_without_servers_or_remote_stops_at_once_naming_t
     one_variant(project)
     result = ldm_run(project, "--set", f"orchestration.gpu_pool={POOL}", timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"train_diffusion@plain: it runs on the work pool '{POOL}'" in result.stderr
+    assert f"train_diffusion@plain-0: it runs on the work pool '{POOL}'" in result.stderr
     assert "MLFLOW_TRACKING_URI" in result.stderr and "dvc remote add -d" in result.stderr
     assert "PREFECT_API_URL" not in result.stderr  # this one is set: the test server
     assert "> validate" not in result.stdout  # no stage ran

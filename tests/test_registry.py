@@ -63,13 +63,18 @@ def test_registered_generator_samples_like_the_in_process_model(
 
     settings = config.load(root / "params.yaml").sample.model_copy(update={"seed": 7})
     expected = generate(
-        root / "data/checkpoints/diffusion-plain", root, 3, "stripe", settings, torch.device("cpu")
+        root / "data/checkpoints/diffusion-plain-0",
+        root,
+        3,
+        "stripe",
+        settings,
+        torch.device("cpu"),
     )
     # The version decodes with its own tokenizer, whatever is on disk later.
     write_generator(root / "elsewhere", seed=1)
     shutil.copytree(
-        root / "elsewhere/data/checkpoints/tokenizer-plain",
-        root / "data/checkpoints/tokenizer-plain",
+        root / "elsewhere/data/checkpoints/tokenizer-plain-0",
+        root / "data/checkpoints/tokenizer-plain-0",
         dirs_exist_ok=True,
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

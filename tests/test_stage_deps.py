@@ -2,8 +2,8 @@
 
 The tiny trial (tests/stage_run.py) runs every stage once and notes the config keys and the
 paths under data/ each one read. A stage must declare every key it read (a declared section
-covers its keys, `variants.${key}` its own variant's entry) and every path it read that is not
-its own output, so that no change goes unnoticed by DVC; and it must read every key it
+covers its keys, `variants.${item.variant}` its own variant's entry) and every path it read that
+is not its own output, so that no change goes unnoticed by DVC; and it must read every key it
 declares, so that a change reruns only the stages whose results it changes: a reporting setting
 or a price never retrains a model. (The code a stage runs is checked by tests/test_wiring.py.)
 """
@@ -26,6 +26,7 @@ from ldm.stages import STAGES
 from tests.stage_run import (
     ALIGNED,
     PLAIN,
+    SEED,
     Recorder,
     RecordingPaths,
     TinyTrial,
@@ -54,17 +55,20 @@ OTHER_BRANCH: dict[tuple[str, str], str] = {}
 
 
 def body(stages: dict[str, Any], stage: str) -> dict[str, Any]:
-    """A stage's entry; per-variant stages are DVC `foreach` stages with it under `do`."""
+    """A stage's entry (a per-variant one is a DVC `matrix` stage, its body its own)."""
     return stages[stage].get("do", stages[stage])
 
 
-def resolve(entry: str, values: dict[str, Any], variant: str) -> str:
-    """`${key}` -> the variant, `${data.raw_dir}` -> its value in params."""
+def resolve(entry: str, values: dict[str, Any], cell: str) -> str:
+    """`${item.variant}` and `${item.seed}` -> the run's cell's (`plain-0`), `${data.raw_dir}`
+    -> its value in params."""
+    variant, _, seed = cell.rpartition("-")
+    item = {"item.variant": variant, "item.seed": seed}
 
     def value(match: re.Match) -> str:
         name = match.group(1)
-        if name == "key":
-            return variant
+        if name in item:
+            return item[name]
         node = values
         for part in name.split("."):
             node = node[part]
@@ -73,11 +77,11 @@ def resolve(entry: str, values: dict[str, Any], variant: str) -> str:
     return re.sub(r"\$\{([^}]+)\}", value, entry)
 
 
-def as_template(key: str, variant: str) -> str:
-    """`variants.plain.preset` read by a `@plain` run -> `variants.${key}.preset`."""
-    own = f"variants.{variant}"
-    if variant and (key == own or key.startswith(own + ".")):
-        return "variants.${key}" + key[len(own) :]
+def as_template(key: str, cell: str) -> str:
+    """`variants.plain.preset` read by a `@plain-0` run -> `variants.${item.variant}.preset`."""
+    own = f"variants.{cell.rpartition('-')[0]}"
+    if cell and (key == own or key.startswith(own + ".")):
+        return "variants.${item.variant}" + key[len(own) :]
     return key
 
 
@@ -98,17 +102,17 @@ def key_problems(stages: dict[str, Any], trial: TinyTrial) -> list[str]:
     """Keys read but not declared, per run; keys declared but read by no run of the stage."""
     problems, unread = [], {}
     for run, reads in trial.reads.items():
-        stage, _, variant = run.partition("@")
+        stage, _, cell = run.partition("@")
         values = reads.cfg.to_dict()
         leaves = key_leaves(values)
-        entries = {resolve(e, values, variant) for e in body(stages, stage).get("params", [])}
+        entries = {resolve(e, values, cell) for e in body(stages, stage).get("params", [])}
         declared = leaves_under(entries, leaves)
         read = leaves_under(reads.keys, leaves)
         problems += [
             f"{run} reads {key}, which its dvc.yaml params do not declare"
             for key in sorted(read - declared - SPEED_ONLY.keys())
         ]
-        never = {as_template(key, variant) for key in declared - read}
+        never = {as_template(key, cell) for key in declared - read}
         unread[stage] = unread.get(stage, never) & never
     for stage, keys in unread.items():
         problems += [
@@ -140,11 +144,11 @@ def path_problems(stages: dict[str, Any], trial: TinyTrial) -> list[str]:
     no run of the stage."""
     problems, unread = [], {}
     for run, reads in trial.reads.items():
-        stage, _, variant = run.partition("@")
+        stage, _, cell = run.partition("@")
         spec, values = body(stages, stage), reads.cfg.to_dict()
-        deps = {d: resolve(d, values, variant) for d in spec.get("deps", []) if d[:4] != "ldm/"}
+        deps = {d: resolve(d, values, cell) for d in spec.get("deps", []) if d[:4] != "ldm/"}
         outs = [
-            resolve(out if isinstance(out, str) else next(iter(out)), values, variant)
+            resolve(out if isinstance(out, str) else next(iter(out)), values, cell)
             for out in spec.get("outs", []) + spec.get("metrics", [])
         ]
         # Its resume points: outside its outputs, which DVC deletes before it reruns a stage.
@@ -232,8 +236,8 @@ def test_the_recorder_sees_which_data_paths_a_stage_uses(tmp_path: Path) -> None
 def test_every_stage_ran_watched(tiny_trial: TinyTrial) -> None:
     runs = set(tiny_trial.reads)
     for stage, spec in STAGES.items():
-        assert (f"{stage}@plain" if spec.per_variant else stage) in runs
-    assert "train_tokenizer@aligned" in runs
+        assert (f"{stage}@{PLAIN}-{SEED}" if spec.per_variant else stage) in runs
+    assert f"train_tokenizer@{ALIGNED}-{SEED}" in runs
     assert all(reads.keys and reads.paths for reads in tiny_trial.reads.values())
     assert (tiny_trial.root / "data" / "reports" / "summary.json").is_file()
 
@@ -275,12 +279,13 @@ VARIANTS = (PLAIN, ALIGNED)  # in the order the tiny trial runs them
         ),
         (  # a variant's own entry, in each run
             "train_tokenizer",
-            "variants.${key}",
+            "variants.${item.variant}",
             {
-                f"train_tokenizer@{v}": [f"variants.{v}.{f}" for f in VARIANT_FIELDS]
+                f"train_tokenizer@{v}-{SEED}": [f"variants.{v}.{f}" for f in VARIANT_FIELDS]
                 for v in VARIANTS
             },
         ),
+        ("report", "trial.seeds", {"report": ["trial.seeds"]}),  # which cells it reads
     ],
 )
 def test_a_key_read_but_not_declared_fails_the_check(
@@ -317,8 +322,8 @@ def test_a_path_read_but_not_declared_fails_the_check(tiny_trial: TinyTrial) -> 
     body(stages, "encode")["deps"].append("data/reference/val.npz")
     assert path_problems(stages, tiny_trial) == [
         *(
-            f"evaluate@{variant} reads data/metrics/reference.json, which is neither a dep nor "
-            "an output in its dvc.yaml"
+            f"evaluate@{variant}-{SEED} reads data/metrics/reference.json, which is neither a "
+            "dep nor an output in its dvc.yaml"
             for variant in VARIANTS
         ),
         "encode depends on data/reference/val.npz in dvc.yaml but never reads it",
@@ -335,5 +340,7 @@ def test_stage_runs_logged_the_sections_their_params_name(tiny_trial: TinyTrial)
     assert report["cost.cpu_hour_usd"] == str(tiny_trial.cfg.cost.cpu_hour_usd)
     assert report["variants.plain.preset"] == "f4d8"
     assert not any(k.startswith("diffusion.") for k in report)
-    evaluate = runs["evaluate@plain"].data.params
+    evaluate = runs[f"evaluate@{PLAIN}-{SEED}"].data.params
     assert evaluate["sample.steps"] == "4" and evaluate["variant.name"] == "plain"
+    assert evaluate["cell.name"] == "plain-0" and evaluate["cell.seed"] == "0"
+    assert not any(k.startswith("trial.") for k in evaluate)  # a new seed reruns no old cell

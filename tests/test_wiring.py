@@ -29,8 +29,9 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def spec_of(stage: str) -> dict:
-    """A stage's body; per-variant stages are DVC `foreach` stages with it under `do`."""
-    return DVC[stage]["do"] if "foreach" in DVC[stage] else DVC[stage]
+    """A stage's body: its own entry (a per-variant stage is a DVC `matrix` stage, one per
+    cell, with the matrix beside the body)."""
+    return DVC[stage]
 
 
 def test_stage_names_agree_across_dvc_cli_and_library() -> None:
@@ -39,22 +40,26 @@ def test_stage_names_agree_across_dvc_cli_and_library() -> None:
     for stage, spec in STAGES.items():
         command = stage.replace("_", "-")
         assert command in commands
-        if spec.per_variant:
-            assert DVC[stage]["foreach"] == "${variants}"
-            assert spec_of(stage)["cmd"] == f"ldm {command} --variant ${{key}}"
+        if spec.per_variant:  # a cell's seed comes from its matrix entry, not trial.seeds
+            assert DVC[stage]["matrix"] == {"variant": "${variants}", "seed": "${trial.seeds}"}
+            assert spec_of(stage)["cmd"] == (
+                f"ldm {command} --variant ${{item.variant}} --seed ${{item.seed}}"
+            )
+            assert not any(p.startswith("trial") for p in spec_of(stage)["params"])
         else:
             assert spec_of(stage)["cmd"] == f"ldm {command}"
 
 
 def test_flow_runs_every_dvc_stage_in_order() -> None:
-    cfg = load(REPO / "params.yaml")
+    cfg = load(REPO / "params.yaml", ["trial.seeds=[0, 2]"])
     expected = []
     for stage in DVC:
-        if "foreach" in DVC[stage]:
-            expected += [f"{stage}@{variant}" for variant in cfg.variants]  # in params order
+        if "matrix" in DVC[stage]:  # DVC's matrix order: the variants in params order, then seeds
+            expected += [f"{stage}@{v}-{s}" for v in cfg.variants for s in (0, 2)]
         else:
             expected.append(stage)
     assert stage_names(cfg) == expected
+    assert expected[3:5] == ["train_tokenizer@plain-0", "train_tokenizer@plain-2"]
 
 
 def test_dvc_params_name_existing_config_keys() -> None:
@@ -65,7 +70,7 @@ def test_dvc_params_name_existing_config_keys() -> None:
         for entry in spec_of(stage).get("params", []):
             section, _, key = entry.partition(".")
             assert section in sections, (stage, entry)
-            if section == "variants":  # a mapping: `variants.${key}` names one entry
+            if section == "variants":  # a mapping: `variants.${item.variant}` names one entry
                 continue
             model = sections[section]
             for part in key.split(".") if key else []:  # `evaluate.bootstrap.level`
@@ -79,15 +84,17 @@ def test_dvc_outputs_are_the_paths_the_stages_write() -> None:
     outs = {o if isinstance(o, str) else next(iter(o)) for s in DVC for o in spec_of(s)["outs"]}
     for path in (paths.manifest, paths.rejected, paths.prepared):
         assert str(path.relative_to(REPO)) in outs
-    assert str(paths.tokenizer("${key}").relative_to(REPO)) in outs
-    assert str(paths.latents("${key}").relative_to(REPO)) in outs
-    assert str(paths.diffusion("${key}").relative_to(REPO)) in outs
+    cell = "${item.variant}-${item.seed}"  # as a matrix names a cell: `plain-0`
+    assert str(paths.tokenizer(cell).relative_to(REPO)) in outs
+    assert str(paths.latents(cell).relative_to(REPO)) in outs
+    assert str(paths.diffusion(cell).relative_to(REPO)) in outs
+    assert str(paths.evaluation(cell).relative_to(REPO)) in outs
     metrics = {next(iter(m)) for stage in DVC for m in spec_of(stage).get("metrics", [])}
     expected = {
-        str(paths.stage_metrics(f"{s}@${{key}}" if spec.per_variant else s).relative_to(REPO))
+        str(paths.stage_metrics(f"{s}@{cell}" if spec.per_variant else s).relative_to(REPO))
         for s, spec in STAGES.items()
         if spec.writes_metrics_file
-    } | {str(paths.convergence("${key}").relative_to(REPO))}
+    } | {str(paths.convergence(cell).relative_to(REPO))}
     assert metrics == expected
     assert "data/validated/manifest.parquet" in DVC["prepare"]["deps"]
 
@@ -176,13 +183,15 @@ def test_stage_runs_log_the_sections_their_dvc_params_name(tmp_path: Path) -> No
     report = logged_params("report", STAGES["report"], (), cfg, Paths(REPO))
     assert list(report) == list(dict.fromkeys(p.split(".")[0] for p in DVC["report"]["params"]))
     assert report["report"] == cfg.section("report")
-    encode = logged_params("encode@plain", STAGES["encode"], ("plain",), cfg, Paths(REPO))
-    assert list(encode) == ["tokenizer", "evaluate", "prepare", "variant"]
+    encode = logged_params("encode@plain-0", STAGES["encode"], ("plain-0",), cfg, Paths(REPO))
+    assert list(encode) == ["tokenizer", "evaluate", "prepare", "variant", "cell"]
     assert encode["variant"] == {"name": "plain"} | cfg.section("variants")["plain"]
+    assert encode["cell"] == {"name": "plain-0", "seed": 0}
     tokenizer = logged_params(
-        "train_tokenizer@plain", STAGES["train_tokenizer"], ("plain",), cfg, Paths(REPO)
+        "train_tokenizer@plain-0", STAGES["train_tokenizer"], ("plain-0",), cfg, Paths(REPO)
     )
-    assert "variants" not in tokenizer  # its own entry is `variant`
+    assert "variants" not in tokenizer and "trial" not in tokenizer  # its own: `variant`, `cell`
+    assert report["trial"] == {"seeds": [0]}
     bare = logged_params("validate", STAGES["validate"], (), cfg, Paths(tmp_path))  # no dvc.yaml
     assert set(bare) == set(cfg.to_dict()) - {"variants"}
 

@@ -22,7 +22,7 @@ def test_a_file_where_the_output_folder_should_be_is_a_clear_error(prepared_copy
     assert "cannot write" in result.stderr and "writable" in result.stderr
     assert "Traceback" not in result.stderr
     # The training itself was kept: its last step waits in the work folder for the next run.
-    work = Paths(prepared_copy).work("train_tokenizer@plain")
+    work = Paths(prepared_copy).work("train_tokenizer@plain-0")
     assert checkpoint.latest_state(work).name == "step-00000004"
 
 
@@ -42,10 +42,10 @@ def test_a_full_disk_leaves_the_last_complete_checkpoint_the_one_to_resume(
     result = runner.invoke(app, ["train-tokenizer", "--variant", "plain"])
     assert result.exit_code == 1
     assert "No space left on device" in result.stderr and "Free disk space" in result.stderr
-    work = Paths(prepared_copy).work("train_tokenizer@plain")
+    work = Paths(prepared_copy).work("train_tokenizer@plain-0")
     assert checkpoint.latest_state(work).name == "step-00000002"
     assert [p.name for p in work.iterdir()] == ["step-00000002"]  # no half-written folder
-    assert not Paths(prepared_copy).tokenizer("plain").exists()  # no release either
+    assert not Paths(prepared_copy).tokenizer("plain-0").exists()  # no release either
 
     monkeypatch.setattr(checkpoint, "save_file", real_save)  # space freed: run again
     again = runner.invoke(app, ["train-tokenizer", "--variant", "plain"])

@@ -16,7 +16,7 @@ import typer
 
 from ldm.config import Config, ConfigError
 from ldm.errors import LdmError
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_name
 
 EXIT_USER, EXIT_USAGE, EXIT_UNEXPECTED = 1, 2, 3
 
@@ -40,6 +40,10 @@ VariantOption = Annotated[
         "--variant", help="Tokenizer variant (see `variants` in params.yaml) [default: all]."
     ),
 ]
+SeedOption = Annotated[
+    int | None,
+    typer.Option("--seed", help="Training seed, one of trial.seeds in params.yaml [default: all]."),
+]
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -54,6 +58,21 @@ def user_errors() -> Iterator[None]:
         yield
     except LdmError as err:
         raise fail(str(err), EXIT_USER) from None
+
+
+def pick_cells(cfg: Config, variant: str | None, seed: int | None) -> list[str]:
+    """The cells (`plain-0`) that `--variant` and `--seed` pick, each option defaulting to all
+    (exit 2 naming the setting for a value params.yaml does not list)."""
+    if variant is not None and variant not in cfg.variants:
+        raise fail(f"--variant {variant}: not in variants {list(cfg.variants)}", EXIT_USAGE)
+    if seed is not None and seed not in cfg.trial.seeds:
+        raise fail(
+            f"--seed {seed}: not in trial.seeds {cfg.trial.seeds}; add it there to train it",
+            EXIT_USAGE,
+        )
+    variants = [variant] if variant is not None else list(cfg.variants)
+    seeds = [seed] if seed is not None else cfg.trial.seeds
+    return [cell_name(v, s) for v in variants for s in seeds]
 
 
 def open_project(params: Path | None, overrides: list[str] | None) -> tuple[Paths, Config]:

@@ -91,7 +91,16 @@ def list_models(params: ParamsOption = None, overrides: SetOption = None) -> Non
         return
     held = aliases_by_version(client, name)
     table = Table(title=f"{name} (newest first)")
-    for column in ("version", "aliases", "variant", "gFD", "rel. FD", "precision", "recall"):
+    for column in (
+        "version",
+        "aliases",
+        "variant",
+        "seed",
+        "gFD",
+        "rel. FD",
+        "precision",
+        "recall",
+    ):
         table.add_column(column, justify="left" if column in ("aliases", "variant") else "right")
     for column in ("PSNR", "cost USD", "registered"):
         table.add_column(column, justify="right")
@@ -103,6 +112,7 @@ def list_models(params: ParamsOption = None, overrides: SetOption = None) -> Non
             str(v.version),
             ", ".join(held.get(str(v.version), [])),
             tags.get("variant", ""),
+            tags.get("seed", ""),
             f"{fd} ({net})" if fd else "",
             tags.get("relative_fd", ""),
             tags.get("precision", ""),

@@ -13,31 +13,36 @@ from ldm.cli.common import (
     EXIT_UNEXPECTED,
     EXIT_USER,
     ParamsOption,
+    SeedOption,
     SetOption,
     VariantOption,
     app,
     fail,
     open_project,
+    pick_cells,
 )
 from ldm.errors import INTERRUPTED_DURING, Interrupted, LdmError, stop_on_signals
-from ldm.paths import Paths
+from ldm.paths import Paths, split_cell
 
 
 def run_stage(
-    stage: str, params: Path | None, overrides: list[str] | None, variant: str | None = None
+    stage: str, params: Path | None, overrides: list[str] | None, cell: str | None = None
 ) -> None:
     paths, cfg = open_project(params, overrides)
     from ldm import stages
     from ldm.stages import launch
 
-    # This same command for one variant: what a stage with world_size > 1 runs under torchrun.
-    command = [stage.replace("_", "-"), *(["--variant", variant] if variant else [])]
+    # This same command for one cell: what a stage with world_size > 1 runs under torchrun.
+    command = [stage.replace("_", "-")]
+    if cell is not None:
+        variant, seed = split_cell(cell)
+        command += ["--variant", variant, "--seed", str(seed)]
     command += [*(["--params", str(params.resolve())] if params else [])]
     command += [arg for text in overrides or [] for arg in ("--set", text)]
-    name = f"{stage}@{variant}" if variant else stage
+    name = f"{stage}@{cell}" if cell else stage
     try:
         with stop_on_signals():
-            result = stages.run(stage, cfg, paths, variant, command)
+            result = stages.run(stage, cfg, paths, cell, command)
     except Interrupted as err:  # its MLflow run is KILLED; its last resume point stands
         if not launch.launched_here() or launch.is_main():  # one line, not one per rank
             typer.secho(interruption_line(name, paths), fg=typer.colors.YELLOW, err=True)
@@ -59,7 +64,7 @@ def run_stage(
 
 
 def interruption_line(name: str, paths: Paths) -> str:
-    """Where the stage stopped and how to go on: `interrupted during train_diffusion@plain at
+    """Where the stage stopped and how to go on: `interrupted during train_diffusion@plain-0 at
     step 622; the last resume point is step 600: run `ldm run` to go on`."""
     from ldm import progress, tracking
     from ldm.training.checkpoint import latest_step
@@ -91,14 +96,18 @@ def stage_command(stage: str, help: str) -> None:
 
 
 def variant_command(stage: str, help: str) -> None:
-    """`ldm <stage> [--variant NAME]`: one stage of a variant, or of each in turn."""
+    """`ldm <stage> [--variant NAME] [--seed N]`: one stage of a cell (a variant trained with
+    one seed), or of each cell the options leave open, in turn."""
 
     def command(
-        params: ParamsOption = None, overrides: SetOption = None, variant: VariantOption = None
+        params: ParamsOption = None,
+        overrides: SetOption = None,
+        variant: VariantOption = None,
+        seed: SeedOption = None,
     ) -> None:
         _, cfg = open_project(params, overrides)
-        for name in [variant] if variant else list(cfg.variants):
-            run_stage(stage, params, overrides, name)
+        for cell in pick_cells(cfg, variant, seed):
+            run_stage(stage, params, overrides, cell)
 
     app.command(stage.replace("_", "-"), help=help)(command)
 

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from ldm.cli.common import EXIT_USAGE, ParamsOption, SetOption, app, fail, open_project, user_errors
+from ldm.cli.common import (
+    EXIT_USAGE,
+    ParamsOption,
+    SetOption,
+    app,
+    fail,
+    open_project,
+    pick_cells,
+    user_errors,
+)
 from ldm.config import ConfigError
 from ldm.paths import Paths
 
@@ -18,10 +27,17 @@ def sample_images(
     variant: Annotated[
         str | None, typer.Option(help="Which variant's diffusion model [default: aligned].")
     ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Which training seed's model, one of trial.seeds (not the sampling seed, "
+            "sample.seed) [default: the first]."
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
-            help="A diffusion release folder [default: data/checkpoints/diffusion-VARIANT]."
+            help="A diffusion release folder [default: data/checkpoints/diffusion-VARIANT-SEED]."
         ),
     ] = None,
     model: Annotated[
@@ -43,8 +59,16 @@ def sample_images(
 ) -> None:
     """Generate images with a trained diffusion model (sampler settings: `sample` section)."""
     paths, cfg = open_project(params, overrides)
-    if model is not None and (variant is not None or checkpoint is not None):
-        raise fail("--model replaces --variant and --checkpoint; give one of them", EXIT_USAGE)
+    picked = variant is not None or seed is not None
+    if model is not None and (picked or checkpoint is not None):
+        raise fail(
+            "--model replaces --variant, --seed and --checkpoint; give one of them", EXIT_USAGE
+        )
+    release = checkpoint
+    if checkpoint is None and model is None:
+        first = cfg.trial.seeds[0] if seed is None else seed
+        (cell,) = pick_cells(cfg, variant or "aligned", first)
+        release = paths.diffusion(cell)
     from PIL import Image
 
     from ldm.generate import image_grid
@@ -60,7 +84,6 @@ def sample_images(
             from ldm.generate import generate
             from ldm.training.devices import pick_device
 
-            release = checkpoint or paths.diffusion(variant or "aligned")
             device = pick_device(cfg.diffusion.device)
             images = generate(release, paths.root, n, class_name, cfg.sample, device)
     if out.suffix.lower() == ".png":

@@ -84,7 +84,8 @@ class LatentRows:
 def open_latents(folder: Path, meta: dict[str, Any]) -> tuple[LatentRows, torch.Tensor]:
     """(latents read per batch, labels (N,) in memory) of a folder encode wrote, `meta` its
     meta.json."""
-    folder, again = Path(folder), f"run `ldm encode --variant {meta.get('variant')}` again"
+    options = f"--variant {meta.get('variant')} --seed {meta.get('seed', 0)}"
+    folder, again = Path(folder), f"run `ldm encode {options}` again"
     if "shards" not in meta:  # a folder from before latents were sharded
         raise DataError(f"{folder}: an older latents layout; {again}")
     shards = meta["shards"]

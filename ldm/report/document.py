@@ -145,8 +145,8 @@ def _glance(s: ReportSummary) -> str:
             v.variant
             + (" (recommended)" if v.variant == s.recommended else "")
             + (" (self-graded)" if v.self_graded else ""),
-            fmt(v.psnr),
-            fmt(v.rfd),
+            with_interval(v, "psnr"),
+            with_interval(v, "rfd"),
             with_interval(v, "gfd"),
             ABSENT if v.cfg_scale is None else f"{v.cfg_scale:g}",
             fmt(v.fd_floor),
@@ -180,7 +180,8 @@ def _glance(s: ReportSummary) -> str:
             "- **guidance** is the classifier-free guidance scale each variant's numbers were "
             "measured at: of `evaluate.cfg_scales`, the one whose samples came closest to the "
             "*training* images, so that choosing it does not flatter the gFD measured on the "
-            "validation images. The registered model samples at it by default.",
+            "validation images. The registered model samples at it by default; with several "
+            "seeds, each seed chooses its own, and the table shows the one most chose.",
             "- **rFD** and **PSNR** measure the tokenizer alone: how well it reconstructs "
             "validation images. **precision** is the share of generated images that look like "
             "real ones (fidelity), **recall** the share of real images the generator covers "
@@ -316,7 +317,13 @@ def _projection(inputs: ReportInputs, image: Callable[[str], str]) -> str:
             "by its bootstrap interval where the curve recorded one. The dashed line is the "
             f"floor, the dash-dotted line the target ({fmt(cfg.target_fd)}, "
             "`report.target_fd`), each at the sample size the label gives; dotted lines are the "
-            "fitted curves extended.",
+            "fitted curves extended."
+            + (
+                " A variant trained with several seeds is drawn and projected with its first "
+                "seed's curve."
+                if any(v.seeds > 1 for v in s.variants)
+                else ""
+            ),
             "",
             table(
                 ["variant", "points", "b ± s.e.", "DiT compute spent", "price", "projection"], rows

@@ -37,7 +37,7 @@ def check_inputs(records: list[EvaluateRecord], curves: dict[str, ConvergenceCur
     if missing:
         raise LdmError(
             f"report: no convergence curve for {missing}; `ldm train-diffusion` writes "
-            "data/metrics/convergence@<variant>.json, rerun it for these variants"
+            "data/metrics/convergence@<cell>.json, rerun it for these variants"
         )
     for name, curve in curves.items():
         if name in names and curve.variant != name:
@@ -75,6 +75,19 @@ def summary_intervals(record: EvaluateRecord) -> dict[str, Interval]:
     return {name: interval for name, interval in found.items() if interval is not None}
 
 
+def summary_spreads(record: EvaluateRecord) -> dict[str, float]:
+    """Each number's standard deviation over the seeds, by the report's names; empty for one
+    seed."""
+    names = RECORD_NAMES | {
+        "psnr": "psnr",
+        "rfd": "rfd",
+        "kid": "kid",
+        "fd_infinity": "fd_infinity",
+    }
+    spread = record.seed_spread or {}
+    return {name: spread[source] for name, source in names.items() if source in spread}
+
+
 def summarise_variant(
     record: EvaluateRecord, gates: GatesConfig, projection: Projection
 ) -> VariantSummary:
@@ -86,9 +99,11 @@ def summarise_variant(
     # GPU-hours when the variant used a GPU anywhere, else CPU-hours
     gpu = total.gpu_hours > 0
     hours, unit = (total.gpu_hours, "gpu_hours") if gpu else (total.cpu_hours, "cpu_hours")
-    # what one more seed costs: the stages named after this variant, not the shared ones
+    # what one more seed costs: a cell's own stages (named after it), not the shared ones,
+    # averaged over the seeds the record holds
     own = [cost for stage, cost in record.cost.stages.items() if "@" in stage]
-    own_hours = sum(c.gpu_hours if gpu else c.cpu_hours for c in own)
+    seeds = record.seed_count
+    own_hours = sum(c.gpu_hours if gpu else c.cpu_hours for c in own) / seeds
     return VariantSummary(
         variant=record.variant,
         self_graded=record.self_graded,
@@ -110,9 +125,10 @@ def summarise_variant(
         energy_kwh=total.energy_kwh,
         gap_closed_per_usd=(1 - relative) / total.usd if total.usd > 0 else None,
         fd_gain_per_compute_hour=((ref.fd_random_latents - gen.fd) / hours if hours > 0 else None),
-        per_seed_usd=sum(c.usd for c in own),
+        per_seed_usd=sum(c.usd for c in own) / seeds,
         per_seed_compute_hours=own_hours,
         intervals=summary_intervals(record),
+        spreads=summary_spreads(record),
         interval_level=record.uncertainty.level if record.uncertainty else None,
         cfg_scale=gen.cfg_scale,
         kid=gen.kid,

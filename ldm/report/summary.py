@@ -126,6 +126,11 @@ class VariantSummary(Model):
     # recall, density, coverage; empty for an evaluation from before intervals.
     intervals: dict[str, Interval] = {}
     interval_level: float | None = None
+    # Each number's standard deviation over the training seeds, by the names above plus psnr,
+    # rfd, kid, fd_infinity; empty with one seed. With several, gfd's and relative_fd's
+    # intervals resample the seeds and then the rows; the others' are the typical within-seed
+    # interval around the mean.
+    spreads: dict[str, float] = {}
     cfg_scale: float | None = None  # the guidance its numbers were measured at (chosen on train)
     kid: float | None = None  # in gfd_net's space
     kid_std: float | None = None
@@ -201,11 +206,15 @@ class TerminalSummary:
 
 
 def with_interval(v: VariantSummary, name: str, digits: int = 3) -> str:
-    """`104 [99.6..110]`: the number and its bootstrap interval, when one was measured."""
+    """`104 [99.6..110]`: the number and its bootstrap interval, when one was measured; with
+    several seeds `104 ± 2.1 [99.6..110]`, the mean and its standard deviation over them."""
     value, interval = getattr(v, name), v.intervals.get(name)
+    text = fmt(value, digits)
+    if name in v.spreads:
+        text += f" ± {fmt(v.spreads[name], digits)}"
     if interval is None:
-        return fmt(value, digits)
-    return f"{fmt(value, digits)} [{fmt(interval.lo, digits)}..{fmt(interval.hi, digits)}]"
+        return text
+    return f"{text} [{fmt(interval.lo, digits)}..{fmt(interval.hi, digits)}]"
 
 
 def interval_note(summary: ReportSummary) -> str:
@@ -213,10 +222,18 @@ def interval_note(summary: ReportSummary) -> str:
     level = summary.variants[0].interval_level
     if level is None:
         return "No intervals: these evaluations predate them (run `ldm evaluate` again)."
-    return (
+    note = (
         f"[lo..hi]: {level:.0%} bootstrap interval (val and generated images resampled); "
         "floor / ceiling: reference lines, not an interval."
     )
+    seeds = max(v.seeds for v in summary.variants)
+    if seeds > 1:
+        note += (
+            f" With {seeds} training seeds, m ± s is the mean over them and their standard "
+            "deviation; the gFD's and relative FD's intervals resample the seeds, then the "
+            "images (both sources of noise), the others are the typical interval of one seed."
+        )
+    return note
 
 
 def standing(summary: ReportSummary, variant: str) -> str:
@@ -246,8 +263,8 @@ def summary_rows(summary: ReportSummary) -> TerminalSummary:
     rows = [
         (
             v.variant + (" (self-graded)" if v.self_graded else ""),
-            fmt(v.psnr),
-            fmt(v.rfd),
+            with_interval(v, "psnr"),
+            with_interval(v, "rfd"),
             with_interval(v, "gfd"),
             f"{fmt(v.fd_floor)} / {fmt(v.fd_ceiling)}",
             with_interval(v, "relative_fd", 2),

@@ -1,4 +1,5 @@
-"""The evaluate stage: one variant's generator measured, between a floor and a ceiling.
+"""The evaluate stage: one cell's generator (a variant, one seed) measured, between a floor and
+a ceiling.
 
 - guidance: of `evaluate.cfg_scales`, the scale whose samples come closest to the train split;
 - generation: `evaluate.num_samples` class-balanced samples from fixed noise, at that scale,
@@ -6,9 +7,10 @@
 - reference lines, with the same network and sample sizes: the train split against the val
   split (what a perfect generator scores) and decoded N(0, I) latents (what an untrained one
   scores), so every FD reads between them;
-- the tokenizer's reconstruction quality, as `train_tokenizer@<variant>` measured it;
-- speed of sampling, encoding and decoding, and the variant's whole cost, shared stages included.
-Written as `data/metrics/evaluate@<variant>.json` (`ldm.records.EvaluateRecord`).
+- the tokenizer's reconstruction quality, as `train_tokenizer@<cell>` measured it;
+- speed of sampling, encoding and decoding, and the cell's whole cost, shared stages included.
+Written as `data/metrics/evaluate@<cell>.json` (`ldm.records.EvaluateRecord`). Every cell draws
+the same noise and labels (evaluate.seed): row j of two cells' samples is paired.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ldm.config import Config, EvaluateConfig
 from ldm.errors import DataError
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options, split_cell
 from ldm.records import (
     EvaluateRecord,
     GenerationQuality,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 GRID_PER_CLASS = 8  # samples per class row in the logged grid
 
 
-def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
+def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageResult:
     import numpy as np
     import torch
     from PIL import Image
@@ -59,14 +61,15 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
     from ldm.pretrained.features import load_eval_features
 
     ev, sc = cfg.evaluate, cfg.sample
+    variant, seed = split_cell(cell)
     device = pick_device(cfg.diffusion.device)
-    tokenizer = released_tokenizer(paths, variant).to(device)
-    if not (paths.diffusion(variant) / "model.safetensors").is_file():
+    tokenizer = released_tokenizer(paths, cell).to(device)
+    if not (paths.diffusion(cell) / "model.safetensors").is_file():
         raise DataError(
-            f"{paths.diffusion(variant)} holds no trained generator: run "
-            f"`ldm train-diffusion --variant {variant}` first"
+            f"{paths.diffusion(cell)} holds no trained generator: run "
+            f"`ldm train-diffusion {cell_options(cell)}` first"
         )
-    model, config = load_diffusion(paths.diffusion(variant))
+    model, config = load_diffusion(paths.diffusion(cell))
     model.to(device)
     class_names = sorted(config["class_map"], key=config["class_map"].get)
     net = load_eval_features(ev.features, paths.local(ev.features_weights), ev.features_sha256)
@@ -97,9 +100,9 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
     encode_seconds = time_encoding(tokenizer, val_images, batch, device)
 
     # The features stay with the evaluation (the report resamples them; no network reruns).
-    paths.evaluation(variant).mkdir(parents=True, exist_ok=True)
+    paths.evaluation(cell).mkdir(parents=True, exist_ok=True)
     np.savez(
-        paths.evaluation(variant) / "features.npz",
+        paths.evaluation(cell) / "features.npz",
         generated=generated,
         labels=np.zeros(0) if labels is None else labels.numpy(),
         untrained=untrained,
@@ -116,7 +119,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
             val, val_labels, generated, labels.numpy(), class_names, ev
         )
     Image.fromarray(image_grid(shown, columns=GRID_PER_CLASS)).save(
-        paths.evaluation(variant) / "samples.png"
+        paths.evaluation(cell) / "samples.png"
     )
     generation = GenerationQuality(
         feature_net=net.name,
@@ -152,18 +155,19 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
         encode_images_per_second=len(val_images) / encode_seconds,
         decode_images_per_second=n / timing["decode"],
     )
-    quality = tokenizer_quality(paths, variant)
+    quality = tokenizer_quality(paths, cell)
     # Graded in a network its tokenizer was trained against: config.py refuses it unless allowed.
     # (Which networks those are changes only with the tokenizer, an input DVC already tracks.)
     self_graded = ev.allow_self_graded and ev.features in cfg.trained_against(variant)
-    upstream = variant_costs(paths, variant)
+    upstream = cell_costs(paths, cell)
 
     def document(own_metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
         """The record, completed with this stage's own cost once it is known."""
-        stages = upstream | {f"evaluate@{variant}": StageCost.from_metrics(own_metrics)}
+        stages = upstream | {f"evaluate@{cell}": StageCost.from_metrics(own_metrics)}
         total = total_cost(list(stages.values()))
         record = EvaluateRecord(
             variant=variant,
+            seed=seed,
             tokenizer=quality,
             generation=generation,
             reference=reference,
@@ -180,7 +184,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> Stage
         "fd_train_val": reference.fd_train_val,
         "fd_random_latents": reference.fd_random_latents,
     }
-    return StageResult(summary, [paths.evaluation(variant)], document=document)
+    return StageResult(summary, [paths.evaluation(cell)], document=document)
 
 
 FD_INFINITY_DRAWS = 10  # random subsets of the generated set per size behind FD∞
@@ -373,23 +377,24 @@ def time_encoding(tokenizer: Any, images: np.ndarray, batch: int, device: torch.
     return time.perf_counter() - started
 
 
-def tokenizer_quality(paths: Paths, variant: str) -> TokenizerQuality:
-    source = paths.stage_metrics(f"train_tokenizer@{variant}")
+def tokenizer_quality(paths: Paths, cell: str) -> TokenizerQuality:
+    source = paths.stage_metrics(f"train_tokenizer@{cell}")
     if not source.is_file():
-        raise DataError(f"{source} not found: run `ldm train-tokenizer --variant {variant}`")
+        raise DataError(f"{source} not found: run `ldm train-tokenizer {cell_options(cell)}`")
     return TokenizerQuality.from_metrics(json.loads(source.read_text()))
 
 
-def variant_costs(paths: Paths, variant: str) -> dict[str, StageCost]:
-    """What each stage this variant's generator depends on cost, shared stages included
-    (the reference features are measured once, and every variant's evaluation reads them)."""
+def cell_costs(paths: Paths, cell: str) -> dict[str, StageCost]:
+    """What each stage this cell's generator depends on cost, shared stages included
+    (the reference features are measured once, and every cell's evaluation reads them)."""
     stages = ["validate", "prepare", "reference"]
-    stages += [f"{s}@{variant}" for s in ("train_tokenizer", "encode", "train_diffusion")]
+    stages += [f"{s}@{cell}" for s in ("train_tokenizer", "encode", "train_diffusion")]
     costs = {}
     for stage in stages:
         source = paths.stage_metrics(stage)
         if not source.is_file():
-            command = stage.split("@")[0].replace("_", "-")
+            family, _, of = stage.partition("@")
+            command = " ".join([family.replace("_", "-"), *([cell_options(of)] if of else [])])
             raise DataError(f"{source} not found: run `ldm {command}` first")
         costs[stage] = StageCost.from_metrics(json.loads(source.read_text()))
     return costs

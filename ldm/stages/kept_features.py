@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ldm.errors import DataError
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,10 +38,10 @@ def reference_features(paths: Paths, split: str, network: str) -> tuple[np.ndarr
     return features, labels
 
 
-def evaluation_features(paths: Paths, variant: str, network: str) -> dict[str, np.ndarray]:
-    """The features `evaluate@<variant>` kept: `generated` (row j from the j-th fixed noise and
+def evaluation_features(paths: Paths, cell: str, network: str) -> dict[str, np.ndarray]:
+    """The features `evaluate@<cell>` kept: `generated` (row j from the j-th fixed noise and
     label), `labels` (empty without classes) and `untrained` (decoded N(0, I) latents)."""
     names = ("generated", "labels", "untrained")
-    source = paths.evaluation(variant) / "features.npz"
-    found = kept(source, network, f"ldm evaluate --variant {variant}", names)
+    source = paths.evaluation(cell) / "features.npz"
+    found = kept(source, network, f"ldm evaluate {cell_options(cell)}", names)
     return dict(zip(names, found, strict=True))

@@ -1,6 +1,6 @@
 """Several processes for one stage: a stage command relaunches itself under `torchrun`.
 
-`ldm train-diffusion --variant V` with `diffusion.world_size: N > 1` (or the tokenizer's) starts
+`ldm train-diffusion --variant V --seed S` with `diffusion.world_size: N > 1` (or the tokenizer's)
 `python -m torch.distributed.run --standalone --nproc_per_node N -m ldm <the same command>` and
 waits for it, so `dvc repro` and `ldm run` see one command like any stage. The launching process
 keeps the stage's record: it opens the MLflow run (rank 0 logs its curves into it), meters the

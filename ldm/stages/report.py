@@ -1,8 +1,10 @@
-"""The report stage: the trial's answer from every variant's evaluation.
+"""The report stage: the trial's answer from every cell's evaluation (a variant, one seed).
 
 Writes `data/reports/` (Markdown, a self-contained HTML page, charts, summary.json), logs it and
 the trial's cost (summed over its stages, and per variant) to the trial's MLflow run, and
-registers each variant's generator in the model registry, the recommended one as `candidate`.
+registers each cell's generator in the model registry; `candidate` goes to the recommended
+variant's cell with the lowest gFD. A variant with several seeds is judged on its cells merged
+(ldm/report/seeds.py); its convergence chart and projection use its first seed's curve.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ldm.config import Config
 from ldm.errors import DataError
 from ldm.files import write_json_atomic
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options, split_cell
 from ldm.progress import notice
 from ldm.records import ConvergenceCurve, EvaluateRecord, StageCost, trial_cost
 from ldm.stages.result import StageResult
@@ -33,22 +35,29 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
 
     from ldm import tracking
     from ldm.report import ReportHeader, write_report
+    from ldm.report.seeds import merge_cells
     from ldm.tracking.registry import MAX_TAG_CHARS, Provenance
 
-    records, curves = [], {}
-    for variant in cfg.variants:
-        evaluation, curve = paths.stage_metrics(f"evaluate@{variant}"), paths.convergence(variant)
+    cells, curves = [], {}
+    for cell in cfg.cells():
+        evaluation, curve = paths.stage_metrics(f"evaluate@{cell}"), paths.convergence(cell)
         if not evaluation.is_file() or not curve.is_file():
             raise DataError(
-                f"report needs every variant's evaluation: {evaluation} or {curve} is missing; "
-                f"run `ldm evaluate --variant {variant}` (and the stages before it) first"
+                f"report needs every cell's evaluation: {evaluation} or {curve} is missing; "
+                f"run `ldm evaluate {cell_options(cell)}` (and the stages before it) first"
             )
-        records.append(EvaluateRecord.model_validate_json(evaluation.read_text()))
-        curves[variant] = ConvergenceCurve.model_validate_json(curve.read_text())
+        cells.append(EvaluateRecord.model_validate_json(evaluation.read_text()))
+        variant = split_cell(cell)[0]
+        if variant not in curves:  # the chart and the projection: the first seed's curve
+            curves[variant] = ConvergenceCurve.model_validate_json(curve.read_text())
     # At the `cost` section's prices: the stages recorded hours, so a price change re-prices
     # every number below (each variant's cost, gates, the trial's total) without a rerun.
-    records = [record.priced(cfg.cost) for record in records]
-    features = report_features(cfg, paths, records)
+    cells = [record.priced(cfg.cost) for record in cells]
+    features = report_features(cfg, paths, cells)
+    by_variant: dict[str, list[EvaluateRecord]] = {}
+    for record in cells:
+        by_variant.setdefault(record.variant, []).append(record)
+    records = merge_cells(by_variant, features)
     meta = json.loads((paths.prepared / "meta.json").read_text())
     tags = tracking.provenance_tags(paths.root)
     header = ReportHeader(
@@ -79,7 +88,7 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         dvc_lock_sha256=tags.get("dvc_lock_sha256", ""),
         decision=summary.recommendation,
     )
-    versions = register(cfg, paths, records, summary, provenance)
+    versions = register(cfg, paths, cells, summary, provenance)
     write_json_atomic(paths.reports / "registry.json", versions)
     # `cost/<variant>/*` per variant here; the trial's `cost/*` (its stages, each once, and
     # this report) in `document`, once the runner knows this stage's own cost. This run's own
@@ -115,37 +124,32 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
     return StageResult(metrics, [], document=document)
 
 
-def report_features(cfg: Config, paths: Paths, records: list[EvaluateRecord]) -> ReportFeatures:
-    """The rows behind every variant's numbers, as `reference` and `evaluate` kept them."""
+def report_features(cfg: Config, paths: Paths, cells: list[EvaluateRecord]) -> ReportFeatures:
+    """The rows behind every cell's numbers, as `reference` and `evaluate` kept them: each
+    variant's replicates, one per seed, in the order of `cells`."""
     from ldm.metrics.comparison import Replicate
     from ldm.report.features import ReportFeatures
     from ldm.stages.kept_features import evaluation_features, reference_features
 
-    network = records[0].generation.feature_net
-    variants = {}
-    for record in records:
-        kept = evaluation_features(paths, record.variant, network)
-        variants[record.variant] = (Replicate(kept["generated"], kept["untrained"]),)
-    bootstrap = records[0].uncertainty
-    for record in records:  # one resampling for every variant, as the comparison assumes
+    network = cells[0].generation.feature_net
+    replicates: dict[str, list[Replicate]] = {}
+    for record in cells:
+        kept = evaluation_features(paths, record.cell, network)
+        replicate = Replicate(kept["generated"], kept["untrained"])
+        replicates.setdefault(record.variant, []).append(replicate)
+    bootstrap = cells[0].uncertainty
+    for record in cells:  # one resampling for every cell, as the comparison assumes
         own = record.uncertainty
-        if (
-            own is None
-            or bootstrap is None
-            or (own.draws, own.level, own.seed)
-            != (
-                bootstrap.draws,
-                bootstrap.level,
-                bootstrap.seed,
-            )
-        ):
+        settings = None if own is None else (own.draws, own.level, own.seed)
+        if bootstrap is None or settings != (bootstrap.draws, bootstrap.level, bootstrap.seed):
             raise DataError(
-                f"{paths.stage_metrics('evaluate@' + record.variant)} predates intervals or "
-                "was resampled with other evaluate.bootstrap settings than the others: run "
-                f"`ldm evaluate --variant {record.variant}` again"
+                f"{paths.stage_metrics('evaluate@' + record.cell)} predates intervals or was "
+                "resampled with other evaluate.bootstrap settings than the others: run "
+                f"`ldm evaluate {cell_options(record.cell)}` again"
             )
     val = reference_features(paths, "val", network)[0]
-    check_kept_rows(records, val, variants)
+    variants = {name: tuple(found) for name, found in replicates.items()}
+    check_kept_rows(cells, val, variants)
     return ReportFeatures(
         network=network,
         val=val,
@@ -158,17 +162,20 @@ def report_features(cfg: Config, paths: Paths, records: list[EvaluateRecord]) ->
     )
 
 
-def check_kept_rows(records: list[EvaluateRecord], val: np.ndarray, variants: dict) -> None:
-    """The kept rows give each record's own gFD: else an evaluation and its features come from
-    different runs (a copied file), and a verdict on them would contradict the table."""
+def check_kept_rows(cells: list[EvaluateRecord], val: np.ndarray, variants: dict) -> None:
+    """The kept rows give each cell's own gFD: else an evaluation and its features come from
+    different runs (a copied file), and a verdict on them would contradict the table. `cells`
+    in the order of each variant's replicates."""
     from ldm.metrics.frechet import frechet_distance_between
 
-    for record in records:
-        fd = frechet_distance_between(val, variants[record.variant][0].generated)
+    seen: dict[str, int] = {}
+    for record in cells:
+        index = seen[record.variant] = seen.get(record.variant, -1) + 1
+        fd = frechet_distance_between(val, variants[record.variant][index].generated)
         if abs(fd - record.generation.fd) > 1e-6 * max(1.0, abs(record.generation.fd)):
             raise DataError(
-                f"data/evaluations/{record.variant}/features.npz gives gFD {fd:.6g}, its record "
-                f"says {record.generation.fd:.6g}: run `ldm evaluate --variant {record.variant}`"
+                f"data/evaluations/{record.cell}/features.npz gives gFD {fd:.6g}, its record "
+                f"says {record.generation.fd:.6g}: run `ldm evaluate {cell_options(record.cell)}`"
                 " again"
             )
 
@@ -192,6 +199,10 @@ def quality_metrics(summary: ReportSummary) -> dict[str, float]:
             if name in values:
                 metrics |= {f"quality/{v.variant}/{name}_lo": interval.lo}
                 metrics |= {f"quality/{v.variant}/{name}_hi": interval.hi}
+        if v.seeds > 1:  # the numbers are means over seeds: their spread over them beside
+            metrics[f"quality/{v.variant}/seeds"] = float(v.seeds)
+            spreads = {k: s for k, s in v.spreads.items() if k in values}
+            metrics |= {f"quality/{v.variant}/{k}_sd": s for k, s in spreads.items()}
     for c in summary.comparisons:  # what the verdict rests on
         # named in a fixed order, signed: the same key in every trial, whichever variant wins
         first, second = sorted((c.better, c.worse))
@@ -205,12 +216,14 @@ def quality_metrics(summary: ReportSummary) -> dict[str, float]:
 def register(
     cfg: Config,
     paths: Paths,
-    records: list[EvaluateRecord],
+    cells: list[EvaluateRecord],
     summary: ReportSummary,
     provenance: Provenance,
 ) -> dict:
-    """Each variant's generator as a version of `registry.model_name` (an unchanged one is
-    found again, not registered twice); the recommended one gets the alias `candidate`.
+    """Each cell's generator as a version of `registry.model_name` (an unchanged one is found
+    again, not registered twice); of the recommended variant's cells, the one with the lowest
+    gFD gets the alias `candidate`: the variant is what the trial chose, that cell its best
+    trained instance.
 
     A trial that recommends nothing takes `candidate` from the version an earlier trial gave
     it: `ldm models`, `ldm serve` and `ldm promote` would otherwise act on a stale pick.
@@ -221,8 +234,10 @@ def register(
     name = cfg.registry.model_name
     recommended = summary.recommended
     versions, candidate, withdrawn = {}, None, None
-    for record in records:
-        tokenizer, diffusion = paths.tokenizer(record.variant), paths.diffusion(record.variant)
+    own = [record for record in cells if record.variant == recommended]
+    best = min(own, key=lambda r: r.generation.fd).cell if own else None
+    for record in cells:
+        tokenizer, diffusion = paths.tokenizer(record.cell), paths.diffusion(record.cell)
         # registered with the guidance its evaluation chose (older records: sample.cfg_scale)
         chosen = record.generation.cfg_scale
         sampler = (
@@ -231,8 +246,8 @@ def register(
         registration = register_generator(
             paths.root, name, tokenizer, diffusion, sampler, record, provenance
         )
-        versions[record.variant] = registration.version
-        if record.variant == recommended:
+        versions[record.cell] = registration.version
+        if record.cell == best:
             candidate = registration.version
             set_candidate(paths.root, name, candidate, summary.recommendation)
     if recommended is None:

@@ -16,7 +16,7 @@ from ldm.config import Config
 from ldm.cost import CostMeter, device_of_this_process
 from ldm.errors import DataError, LdmError
 from ldm.files import write_json_atomic
-from ldm.paths import Paths
+from ldm.paths import Paths, split_cell
 from ldm.stages import launch
 from ldm.stages.registry import STAGES, Stage, declared_params
 from ldm.stages.result import StageResult
@@ -27,10 +27,11 @@ def run(
     stage: str,
     cfg: Config,
     paths: Paths,
-    variant: str | None = None,
+    cell: str | None = None,
     command: list[str] | None = None,
 ) -> StageResult:
-    """Run one stage with tracking and cost metering; raise DataError if its data failed checks.
+    """Run one stage (a per-variant one for `cell`, `plain-0`) with tracking and cost metering;
+    raise DataError if its data failed checks.
 
     `command` is the `ldm` command line that starts this stage again: a stage whose world_size
     is above 1 relaunches itself with it under torchrun (ldm/stages/launch.py).
@@ -38,10 +39,13 @@ def run(
     from ldm import tracking
 
     spec = STAGES[stage]
-    if spec.per_variant and variant not in cfg.variants:
-        raise DataError(f"{stage} runs per variant: pick one of {list(cfg.variants)} (--variant)")
-    name = f"{stage}@{variant}" if spec.per_variant else stage
-    args = (variant,) if spec.per_variant else ()
+    if spec.per_variant and cell not in cfg.cells():
+        raise DataError(
+            f"{stage} runs per cell, a variant and a seed: pick one of {cfg.cells()} "
+            "(--variant, --seed; variants and trial.seeds in params.yaml)"
+        )
+    name = f"{stage}@{cell}" if spec.per_variant else stage
+    args = (cell,) if spec.per_variant else ()
     try:
         if launch.launched_here():  # one rank of a job the stage command started: rank 0 logs
             run_id = os.environ[launch.STAGE_RUN_ENV]
@@ -124,17 +128,19 @@ def _run_recorded(
 
 
 def logged_params(name: str, spec: Stage, args: tuple, cfg: Config, paths: Paths) -> dict[str, Any]:
-    """The params logged with run `name` (`encode@plain`): each section its stage's dvc.yaml
-    params name, whole, and a per-variant stage's own variant. Without a dvc.yaml, every
-    section."""
+    """The params logged with run `name` (`encode@plain-0`): each section its stage's dvc.yaml
+    params name, whole, and a per-variant stage's own variant and seed. Without a dvc.yaml,
+    every section."""
     declared = declared_params(paths.root, name.partition("@")[0])
     if declared is None:
         sections = [section for section in cfg.to_dict() if section != "variants"]
     else:
-        own_variant = "variants.${key}"  # logged below, under `variant`
+        own_variant = "variants.${item.variant}"  # logged below, under `variant`
         sections = [e.split(".")[0] for e in declared if e != own_variant]
     params = {section: cfg.section(section) for section in dict.fromkeys(sections)}
     if spec.per_variant:
-        (variant,) = args
+        (cell,) = args
+        variant, seed = split_cell(cell)
         params["variant"] = {"name": variant} | cfg.section("variants")[variant]
+        params["cell"] = {"name": cell, "seed": seed}
     return params

@@ -1,7 +1,8 @@
-"""The train_diffusion stage: LightningDiT on one variant's cached latents.
+"""The train_diffusion stage: LightningDiT on one cell's cached latents.
 
-Samples logged during training are decoded by the variant's own tokenizer, which owns its latent
-scale.
+Samples logged during training are decoded by the cell's own tokenizer, which owns its latent
+scale. A cell `<variant>-<seed>` trains with diffusion.seed + its seed (the initial weights and
+every draw of the loop); the curve's samples keep sample.seed, the same noise in every cell.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ldm.config import Config
 from ldm.cost import Clock
 from ldm.errors import DataError
 from ldm.files import write_json_atomic
-from ldm.paths import Paths
+from ldm.paths import Paths, cell_options, split_cell
 from ldm.progress import notice, progress_bar
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.result import StageResult
@@ -57,8 +58,8 @@ CURVE_DRAWS = 200
 FLOOR_SUBSETS = 20
 
 
-def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
-    """Train LightningDiT on one variant's latents; release the EMA weights."""
+def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageResult:
+    """Train LightningDiT on one cell's latents; release the EMA weights."""
     clock = Clock()  # this attempt's hours, from its start: its resume points keep them
     import torch
 
@@ -69,16 +70,17 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     from ldm.training import checkpoint
     from ldm.training.distributed import cleanup, init_distributed
 
-    diff = cfg.diffusion
-    folder = paths.latents(variant)
+    variant, seed = split_cell(cell)
+    diff = cfg.diffusion.model_copy(update={"seed": cfg.diffusion.seed + seed})
+    folder = paths.latents(cell)
     if not (folder / "meta.json").is_file():
-        raise DataError(f"{folder} holds no latents: run `ldm encode --variant {variant}` first")
+        raise DataError(f"{folder} holds no latents: run `ldm encode {cell_options(cell)}` first")
     meta = json.loads((folder / "meta.json").read_text())
     latents, labels = open_latents(folder, meta)  # memory-mapped shards, read a batch per step
     # One class is an unconditional model: a label embedding would have nothing to tell apart.
     num_classes = meta["num_classes"] if meta["num_classes"] > 1 else 0
     recipe, resumable = checkpoint.split_settings(
-        "diffusion", cfg.section("diffusion"), RESUMABLE_SETTINGS
+        "diffusion", cfg.section("diffusion") | {"seed": diff.seed}, RESUMABLE_SETTINGS
     )
     device = pick_device(diff.device)
     dist = init_distributed(device.type)
@@ -97,7 +99,7 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         qk_norm=diff.qk_norm,
         class_dropout=diff.class_dropout,
     )
-    tokenizer = released_tokenizer(paths, variant).to(device)
+    tokenizer = released_tokenizer(paths, cell).to(device)
     run = DiffusionRun(
         model=model,
         cfg=diff,
@@ -105,7 +107,7 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         latents=latents,
         labels=labels,
         num_classes=num_classes,
-        work_dir=paths.work(f"train_diffusion@{variant}"),
+        work_dir=paths.work(f"train_diffusion@{cell}"),
         identity={
             "architecture": model.config,
             "latents (the tokenizer and the data)": meta,
@@ -125,25 +127,27 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         with (
             alone,
             progress_bar(
-                f"train_diffusion@{variant}", diff.steps, images_per_unit=diff.batch_size
+                f"train_diffusion@{cell}", diff.steps, images_per_unit=diff.batch_size
             ) as advance,
         ):
             metrics = fit_diffusion(run, tracker, advance)
         if dist.is_main:
             checkpoint.save_release(
-                paths.diffusion(variant),
+                paths.diffusion(cell),
                 run.ema,
                 {
                     "model": model.config,
                     "variant": variant,
+                    "seed": diff.seed,
                     "class_map": meta["class_map"],
-                    "tokenizer": str(paths.tokenizer(variant).relative_to(paths.root)),
+                    "tokenizer": str(paths.tokenizer(cell).relative_to(paths.root)),
                     "steps": diff.steps,
                     "ema_decay": diff.ema_decay,
                 },
             )
             curve = ConvergenceCurve(
                 variant=variant,
+                seed=seed,
                 feature_net=cfg.evaluate.features,
                 compute_unit="gpu_hours" if device.type == "cuda" else "cpu_hours",
                 num_samples=diff.curve_samples,
@@ -152,10 +156,10 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
                 interval_level=run.probe.resampling.level,
                 cfg_scale=cfg.sample.cfg_scale if num_classes else 1.0,
             )
-            write_json_atomic(paths.convergence(variant), curve.model_dump())
+            write_json_atomic(paths.convergence(cell), curve.model_dump())
     finally:
         cleanup()
-    return StageResult(metrics, [paths.diffusion(variant) / "config.json"], carried=run.carried)
+    return StageResult(metrics, [paths.diffusion(cell) / "config.json"], carried=run.carried)
 
 
 def convergence_probe(

@@ -1,13 +1,15 @@
-"""The tokenizer stage `train_tokenizer@<variant>`: a KL-VAE per variant, aligned or not.
+"""The tokenizer stage `train_tokenizer@<cell>`: a KL-VAE per variant and seed, aligned or not.
 
 Every variant trains from scratch for `tokenizer.steps` steps with the same recipe, so their
 differences are the variant's settings alone (architecture, alignment), not extra training.
 Each ends the same way: latent statistics over the train split stored in the tokenizer,
 reconstruction quality on the val split, and a release folder
-`data/checkpoints/tokenizer-<variant>/` (`model.safetensors` + `config.json`). Every variant also
+`data/checkpoints/tokenizer-<cell>/` (`model.safetensors` + `config.json`). Every variant also
 measures how close its latents are to the foundation model's features (linear CKA), so plain
 and aligned variants are compared on that axis too. With tokenizer.world_size > 1 the stage runs
 under torchrun: every rank trains its slice of each batch, rank 0 alone measures and releases.
+A cell `<variant>-<seed>` trains with tokenizer.seed + its seed: its initial weights, batch order,
+flips and posterior noise all derive from that one number.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from contextlib import nullcontext
 from ldm.config import Config
 from ldm.cost import Clock
 from ldm.errors import DataError
-from ldm.paths import Paths
+from ldm.paths import Paths, split_cell
 from ldm.progress import notice, progress_bar
 from ldm.stages.result import StageResult
 from ldm.tracker import Tracker
@@ -42,8 +44,8 @@ RESUMABLE_SETTINGS = frozenset(
 )
 
 
-def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -> StageResult:
-    """Train one variant's tokenizer; release it with its latent statistics and quality."""
+def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageResult:
+    """Train one cell's tokenizer; release it with its latent statistics and quality."""
     clock = Clock()  # this attempt's hours, from its start: its resume points keep them
     import torch
 
@@ -61,8 +63,10 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     from ldm.training import checkpoint
     from ldm.training.distributed import cleanup, init_distributed
 
-    tok, align, v = cfg.tokenizer, cfg.align, cfg.variant(variant)
-    stage = f"train_tokenizer@{variant}"
+    variant, seed = split_cell(cell)
+    tok = cfg.tokenizer.model_copy(update={"seed": cfg.tokenizer.seed + seed})
+    align, v = cfg.align, cfg.variant(variant)
+    stage = f"train_tokenizer@{cell}"
     meta_path = paths.prepared / "meta.json"
     if not meta_path.is_file():
         raise DataError(f"{meta_path} not found: run `ldm prepare` first")
@@ -77,7 +81,7 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
     val_check = check_images(val_images)  # (K, 3, H, W), a fixed subset for in-training checks
 
     recipe, resumable = checkpoint.split_settings(
-        "tokenizer", cfg.section("tokenizer"), RESUMABLE_SETTINGS
+        "tokenizer", cfg.section("tokenizer") | {"seed": tok.seed}, RESUMABLE_SETTINGS
     )
     device = pick_device(tok.device)
     dist = init_distributed(device.type)  # under torchrun: one rank of tokenizer.world_size
@@ -164,13 +168,14 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, variant: str) -
         feature_stats(real),
         foundation,
     )
-    release = paths.tokenizer(variant)
+    release = paths.tokenizer(cell)
     checkpoint.save_release(
         release,
         model,
         {
             "arch": model.arch.to_dict(),
             "variant": variant,
+            "seed": tok.seed,
             "latent_mean": mean.tolist(),
             "latent_std": std.tolist(),
             "perceptual": perceptual.name if perceptual is not None else "none",

@@ -1,8 +1,9 @@
-"""The model registry: every variant's generator as a version of one registered model.
+"""The model registry: every cell's generator (a variant, one training seed) as a version of one
+registered model.
 
 A version carries, as tags, what a reviewer and the promotion gates need without opening any
-file: the variant, its key metrics (each distance named after its feature network), its cost,
-the numbers the gates read (`gate_values`, JSON) and where it came from (data manifest, git
+file: the variant and seed, its key metrics (each distance named after its feature network), its
+cost, the numbers the gates read (`gate_values`, JSON) and where it came from (data manifest, git
 commit, dvc.lock, the trial's run). Aliases (`candidate`, `staging`, `production`) say which
 version is used; MLflow 3's registry stages are deprecated and never touched.
 """
@@ -116,8 +117,9 @@ def register_generator(
     record: EvaluateRecord,
     provenance: Provenance,
 ) -> Registration:
-    """Register one variant's generator as a new version, or find the version that holds the
-    same weights and sampler settings (its metric tags are then brought up to `record`)."""
+    """Register one cell's generator (a variant trained with one seed) as a new version, or
+    find the version that holds the same weights and sampler settings (its metric tags are then
+    brought up to `record`)."""
     for folder in (tokenizer, diffusion):
         for name in ("model.safetensors", "config.json"):
             if not (folder / name).is_file():
@@ -142,6 +144,7 @@ def register_generator(
 
     tags = {
         "variant": record.variant,
+        "seed": str(record.seed),
         **identity,
         **metrics,
         "data_manifest_sha256": provenance.data_manifest_sha256,
@@ -149,14 +152,15 @@ def register_generator(
         "dvc_lock_sha256": provenance.dvc_lock_sha256,
         "trial_run_id": provenance.run_id,
     }
-    model_id = _log_generator(client, tokenizer, diffusion, sampler, record.variant, provenance)
+    model_id = _log_generator(client, tokenizer, diffusion, sampler, record, provenance)
     _ensure_registered_model(client, model_name)
     version = client.create_model_version(
         model_name,
         source=f"models:/{model_id}",
         run_id=provenance.run_id,
         tags=tags,
-        description=f"Generator of variant `{record.variant}` (run {provenance.run_id}).",
+        description=f"Generator of variant `{record.variant}`, training seed {record.seed} "
+        f"(run {provenance.run_id}).",
         model_id=model_id,
     )
     # The link the UI follows from the run's logged model to its registered version.
@@ -182,7 +186,7 @@ def _log_generator(
     tokenizer: Path,
     diffusion: Path,
     sampler: SampleConfig,
-    variant: str,
+    record: EvaluateRecord,
     provenance: Provenance,
 ) -> str:
     """Save the pyfunc model and upload it as a LoggedModel of the run; its id."""
@@ -194,9 +198,9 @@ def _log_generator(
     experiment_id = client.get_run(provenance.run_id).info.experiment_id
     logged = client.create_logged_model(
         experiment_id,
-        name=f"generator-{variant}",
+        name=f"generator-{record.cell}",
         source_run_id=provenance.run_id,
-        tags={"variant": variant},
+        tags={"variant": record.variant, "seed": str(record.seed)},
         model_type=MODEL_TYPE,
     )
     try:
@@ -229,8 +233,8 @@ def _ensure_registered_model(client: MlflowClient, model_name: str) -> None:
 
 
 INTRO = (
-    "Generators of ldm-poc trials: one version per variant and trained weights. Aliases: "
-    "`candidate` (the report's recommendation), `staging`, `production`; "
+    "Generators of ldm-poc trials: one version per variant, training seed and trained weights. "
+    "Aliases: `candidate` (the report's recommendation), `staging`, `production`; "
     "`previous-<alias>` is the version `ldm rollback` gives the alias back to."
 )
 

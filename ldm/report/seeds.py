@@ -1,0 +1,204 @@
+"""A variant's cells (one per training seed) merged into one evaluation record for the report.
+
+With one seed the cell's own record is the variant's, unchanged. With several, every number is
+the mean over the seeds, its standard deviation over them is kept beside it (`seed_spread`),
+and the intervals say how sure the mean is:
+- gFD and relative FD: the joint bootstrap of ldm/metrics/comparison.py, which resamples the
+  seeds and then the rows in every draw, so the interval holds both sources of noise:
+  retraining and sampling;
+- every other number: its typical within-seed interval, each seed's offsets from its own point
+  averaged and put around the mean (the spread over seeds stands beside it).
+The cost is the shared stages once and every cell's own stages: what the variant's seeds cost.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from math import isfinite
+from statistics import fmean, stdev
+from typing import TYPE_CHECKING
+
+from ldm.records import (
+    EvaluateRecord,
+    GenerationQuality,
+    Interval,
+    SamplingSpeed,
+    Uncertainty,
+    VariantCost,
+    total_cost,
+)
+from ldm.report.features import ReportFeatures
+
+if TYPE_CHECKING:
+    import numpy as np  # the CLI reads summaries without loading numpy
+
+# The numbers whose standard deviation over seeds the report shows, by their record names.
+GENERATION_SPREAD = ("fd", "precision", "recall", "density", "coverage", "kid", "fd_infinity")
+TOKENIZER_SPREAD = ("psnr", "ssim", "perceptual", "rfd", "cka")
+
+
+def merge_cells(
+    cells: dict[str, list[EvaluateRecord]], features: ReportFeatures
+) -> list[EvaluateRecord]:
+    """One record per variant, in the order of `cells` (variant -> its cells' records, in the
+    order of `features.variants[variant]`'s replicates)."""
+    from ldm.metrics.bootstrap import Resampling
+    from ldm.metrics.comparison import joint_draws
+    from ldm.progress import progress_bar
+
+    several = {name: features.variants[name] for name, records in cells.items() if len(records) > 1}
+    found = {}
+    if several:
+        resampling = Resampling(features.draws, features.level, features.seed)
+        with progress_bar("seeds and rows resampled", features.draws) as advance:
+            found = joint_draws(features.val, features.train, several, resampling, advance)
+    merged = []
+    for name, records in cells.items():
+        if len(records) == 1:
+            merged.append(records[0])
+            continue
+        draws = found[name]
+        merged.append(merge(records, {"fd": draws.gfd_draws, "relative_fd": draws.relative_draws}))
+    return merged
+
+
+def merge(
+    records: Sequence[EvaluateRecord], joint: dict[str, np.ndarray] | None = None
+) -> EvaluateRecord:
+    """Several seeds' records of one variant as one: means, spreads over seeds, and intervals
+    (`joint`: number -> its seeds-then-rows bootstrap draws; other numbers: the typical
+    within-seed interval)."""
+    first = records[0]
+    if len({r.variant for r in records}) != 1:
+        raise ValueError(f"one variant's seeds only, got {sorted({r.cell for r in records})}")
+    tokenizer = first.tokenizer.model_copy(
+        update={k: fmean(getattr(r.tokenizer, k) for r in records) for k in TOKENIZER_SPREAD}
+    )
+    generation = _generation([r.generation for r in records])
+    reference = first.reference.model_copy(
+        update={
+            "fd_train_val": fmean(r.reference.fd_train_val for r in records),
+            "fd_random_latents": fmean(r.reference.fd_random_latents for r in records),
+        }
+    )
+    relatives = [r.reference.relative(r.generation.fd) for r in records]
+    spread = {k: _sd([getattr(r.tokenizer, k) for r in records]) for k in TOKENIZER_SPREAD}
+    for key in GENERATION_SPREAD:
+        values = [getattr(r.generation, key) for r in records]
+        if all(v is not None for v in values):
+            spread[key] = _sd(values)
+    if all(isfinite(x) for x in relatives):  # infinite where a ceiling met its floor
+        spread["relative_fd"] = _sd(relatives)
+    spread["fd_random_latents"] = _sd([r.reference.fd_random_latents for r in records])
+    points = {
+        "fd": generation.fd,
+        "relative_fd": reference.relative(generation.fd),
+        "fd_train_val": reference.fd_train_val,
+        "fd_random_latents": reference.fd_random_latents,
+        **{k: getattr(generation, k) for k in ("precision", "recall", "density", "coverage")},
+    }
+    stages = {name: cost for r in records for name, cost in r.cost.stages.items()}
+    return first.model_copy(
+        update={
+            "tokenizer": tokenizer,
+            "generation": generation,
+            "reference": reference,
+            "speed": _speed([r.speed for r in records], generation.cfg_scale),
+            "cost": VariantCost(total=total_cost(list(stages.values())), stages=stages),
+            "self_graded": any(r.self_graded for r in records),
+            "uncertainty": _uncertainty(records, points, joint or {}),
+            "merged_seeds": [r.seed for r in records],
+            "seed_spread": spread,
+        }
+    )
+
+
+def _sd(values: Sequence[float]) -> float:
+    return stdev(values) if len(values) > 1 else 0.0
+
+
+def _mean_of_dicts(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each key the dicts all hold (the same classes, the same scales)."""
+    keys = [k for k in dicts[0] if all(k in d for d in dicts)]
+    return {k: fmean(d[k] for d in dicts) for k in keys}
+
+
+def _generation(found: Sequence[GenerationQuality]) -> GenerationQuality:
+    first = found[0]
+    means = {
+        k: fmean(getattr(g, k) for g in found)
+        for k in ("fd", "precision", "recall", "density", "coverage")
+    }
+    for key in ("fd_infinity", "kid", "kid_std"):
+        values = [getattr(g, key) for g in found]
+        means[key] = None if any(v is None for v in values) else fmean(values)
+    # Each seed chose its own guidance: the report names the scale most of them chose (the
+    # lower on a tie); each cell's generator is registered with its own.
+    scales = Counter(g.cfg_scale for g in found if g.cfg_scale is not None)
+    top = max(scales.values(), default=0)
+    means["cfg_scale"] = min((s for s, n in scales.items() if n == top), default=None)
+    for key in ("cfg_selection", "fd_per_class"):
+        dicts = [getattr(g, key) for g in found]
+        means[key] = None if any(d is None for d in dicts) else _mean_of_dicts(dicts)
+    return first.model_copy(update=means)
+
+
+def _speed(found: Sequence[SamplingSpeed], cfg_scale: float | None) -> SamplingSpeed:
+    rates = ("sample_images_per_second", "encode_images_per_second", "decode_images_per_second")
+    update = {k: fmean(getattr(s, k) for s in found) for k in rates}
+    if cfg_scale is not None:
+        update["cfg_scale"] = cfg_scale
+    return found[0].model_copy(update=update)
+
+
+def _typical(intervals: Sequence[Interval], points: Sequence[float], mean: float) -> Interval:
+    """Each seed's interval as offsets from its own point, averaged, around `mean`."""
+    return Interval(
+        se=fmean(i.se for i in intervals),
+        lo=mean + fmean(i.lo - p for i, p in zip(intervals, points, strict=True)),
+        hi=mean + fmean(i.hi - p for i, p in zip(intervals, points, strict=True)),
+        bias=fmean(i.bias for i in intervals),
+    )
+
+
+def _uncertainty(
+    records: Sequence[EvaluateRecord], points: dict[str, float], joint: dict[str, np.ndarray]
+) -> Uncertainty | None:
+    import numpy as np
+
+    from ldm.metrics.bootstrap import summarise
+
+    if any(r.uncertainty is None for r in records):
+        return None
+    found = [r.uncertainty for r in records]
+    first = found[0]
+    intervals = {}
+    for name, mean in points.items():
+        draws = joint.get(name)
+        if draws is not None:
+            finite = draws[np.isfinite(draws)]  # a relative FD whose ceiling met its floor: none
+            if np.isfinite(mean) and len(finite) >= 2:
+                e = summarise(mean, finite, first.level)
+                intervals[name] = Interval(se=e.se, lo=e.lo, hi=e.hi, bias=e.bias)
+        elif all(name in u.intervals for u in found):
+            own = [_point(r, name) for r in records]
+            intervals[name] = _typical([u.intervals[name] for u in found], own, mean)
+    per_class = None
+    if all(u.per_class is not None for u in found):
+        per_class = {}
+        for name in first.per_class:
+            own = [(r.generation.fd_per_class or {}).get(name) for r in records]
+            if all(name in u.per_class for u in found) and None not in own:
+                spans = [u.per_class[name] for u in found]
+                per_class[name] = _typical(spans, own, fmean(own))
+    return first.model_copy(update={"intervals": intervals, "per_class": per_class})
+
+
+def _point(record: EvaluateRecord, name: str) -> float:
+    """The number an interval of `record` is around, by its name in `Uncertainty.intervals`."""
+    if name == "relative_fd":
+        return record.reference.relative(record.generation.fd)
+    if name in ("fd_train_val", "fd_random_latents"):
+        return getattr(record.reference, name)
+    return getattr(record.generation, name)
