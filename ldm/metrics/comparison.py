@@ -9,7 +9,8 @@ draw first picks that many seeds with replacement, per variant, then the rows, a
 variant's value is the mean over the seeds it picked: the spread of a difference then holds
 both sources, retraining and sampling (the FID Lottery's point: the first is often larger).
 
-KID's difference (`kid_differences`) is paired the same way over its random subsets.
+KID's difference (`kid_by_subset`) is paired the same way over its random subsets; torchmetrics'
+KID (the record's own number) draws its subsets for one pair of sets, so it cannot share them.
 """
 
 from __future__ import annotations

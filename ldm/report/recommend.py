@@ -129,6 +129,8 @@ def summarise_variant(
         per_seed_compute_hours=own_hours,
         intervals=summary_intervals(record),
         spreads=summary_spreads(record),
+        seeds=record.seed_count,
+        seed_spread=(record.seed_spread or {}).get("fd"),
         interval_level=record.uncertainty.level if record.uncertainty else None,
         cfg_scale=gen.cfg_scale,
         kid=gen.kid,

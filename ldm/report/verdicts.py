@@ -55,9 +55,8 @@ def compare_all(
     min_effect: float,
     seed_spread_prior: float | None,
     progress: Callable[[int], None],
-) -> tuple[list[Comparison], dict[str, tuple[float, ...]]]:
-    """Every pair of variants compared; and each variant's gFD per training seed.
-    `progress(1)` after each of the bootstrap's draws.
+) -> list[Comparison]:
+    """Every pair of variants compared; `progress(1)` after each of the bootstrap's draws.
 
     With several seeds of both variants the paired draws resample seeds, then images: their
     interval holds both sources. With one seed, retraining's share is not in the draws, and a
@@ -126,7 +125,7 @@ def compare_all(
             text="",
         )
         comparisons.append(draft.model_copy(update={"text": verdict_text(draft)}))
-    return comparisons, {name: v.seed_gfds for name, v in found.items()}
+    return comparisons
 
 
 def between(comparisons: list[Comparison], a: str, b: str) -> Comparison:
@@ -205,24 +204,13 @@ def plan(
 
 
 def compared(
-    variants: list[VariantSummary],
-    features: ReportFeatures,
-    min_effect: float,
-    seed_spread_prior: float | None,
-) -> tuple[list[VariantSummary], list[Comparison]]:
-    """The variants completed with their seed counts and spreads, and every pairwise verdict."""
-    from statistics import stdev
-
+    features: ReportFeatures, min_effect: float, seed_spread_prior: float | None
+) -> list[Comparison]:
+    """Every pairwise verdict, with a progress line over the bootstrap's draws."""
     from ldm.progress import progress_bar
 
     with progress_bar("paired comparisons", features.draws) as advance:
-        comparisons, seed_gfds = compare_all(features, min_effect, seed_spread_prior, advance)
-    completed = []
-    for v in variants:
-        gfds = seed_gfds[v.variant]
-        spread = stdev(gfds) if len(gfds) > 1 else None
-        completed.append(v.model_copy(update={"seeds": len(gfds), "seed_spread": spread}))
-    return completed, comparisons
+        return compare_all(features, min_effect, seed_spread_prior, advance)
 
 
 def plan_for(

@@ -63,9 +63,7 @@ def summarise(
             ),
         )
         variants.append(summarise_variant(record, gates, projection))
-    variants, comparisons = compared(
-        variants, features, report.min_effect, report.seed_spread_prior
-    )
+    comparisons = compared(features, report.min_effect, report.seed_spread_prior)
     verdict = recommend(variants, comparisons)
     return ReportSummary(
         header=header,
