@@ -375,12 +375,19 @@ class Tokenizer(nn.Module):
         sample: bool = True,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        latent_noise: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, DiagonalGaussian, torch.Tensor]:
         """(reconstruction, posterior, raw latent z) for the training losses.
 
         `noise` (B, d, h, w) is the posterior draw's eps, drawn by the caller: a DDP rank takes
         its slice of the global batch's noise, and a compiled graph needs no generator.
+        `latent_noise` (t (B,), e (B, d, h, w)) makes the decoder see (1 - t)·z + t·e instead of
+        z (latent denoising, ldm/tokenizer/regularisers.py); z itself is returned clean.
         """
         q = self.posterior(x)
         z = q.sample(generator, noise) if sample else q.mode()  # (B, d, h, w)
-        return self.decoder(z), q, z
+        if latent_noise is None:
+            return self.decoder(z), q, z
+        t, e = latent_noise
+        t = t.view(-1, 1, 1, 1).to(z.dtype)  # (B, 1, 1, 1)
+        return self.decoder((1 - t) * z + t * e), q, z
