@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ldm.errors import ConfigError
+from ldm.errors import ConfigError as ConfigError  # raised by load; callers catch it here
 from ldm.nested import apply_overrides as nested_overrides
+from ldm.nested import read_yaml, validation_error
 from ldm.paths import cell_name
 
 FoundationName = Literal["effnet_lite0", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]
@@ -117,6 +117,25 @@ class VariantConfig(Section):
     phases: Phases | None = None  # null: align.phases
     cos_margin: float | None = Field(default=None, ge=0.0, le=2.0)  # null: align.cos_margin
     distmat_margin: float | None = Field(default=None, ge=0.0, le=2.0)
+    equivariance: bool = False  # add EQ-VAE's equivariance loss (the `equivariance` section)
+    latent_denoising: bool = False  # decode l-DeTok's noised latents (`latent_denoising`)
+
+
+class EquivarianceConfig(Section):  # EQ-VAE, for variants with equivariance: true
+    """d(Dec(tau(z)), tau(x)), d the reconstruction loss, tau a downscaling (and turn) per step."""
+
+    weight: float = Field(ge=0.0)  # added to the objective on the steps that draw it
+    share: float = Field(gt=0.0, le=1.0)  # of the steps that add it (EQ-VAE's p)
+    scales: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(min_length=1)  # tau's choices
+    rotations: bool  # also rotate by 0/90/180/270 degrees, drawn with the scale
+
+
+class LatentDenoisingConfig(Section):  # l-DeTok, for variants with latent_denoising: true
+    """The decoder reconstructs x from (1 - t)·z + t·gamma·eps, t ~ U(0, 1) per image."""
+
+    gamma: float = Field(ge=0.0)  # the noise's scale
+    mask: bool  # also blank random f x f input patches (one latent cell each)
+    mask_ratio: tuple[float, float]  # (low, high): a share max(0, U(low, high)) per image
 
 
 class TrialConfig(Section):
@@ -260,6 +279,8 @@ class Config(Section):
     prepare: PrepareConfig
     tokenizer: TokenizerConfig
     align: AlignConfig
+    equivariance: EquivarianceConfig
+    latent_denoising: LatentDenoisingConfig
     diffusion: DiffusionConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
@@ -323,6 +344,8 @@ class Config(Section):
             phases=tuple(v.phases or align.phases),
             cos_margin=align.cos_margin if v.cos_margin is None else v.cos_margin,
             distmat_margin=align.distmat_margin if v.distmat_margin is None else v.distmat_margin,
+            equivariance=v.equivariance,
+            latent_denoising=v.latent_denoising,
         )
 
     def cells(self) -> list[str]:
@@ -349,46 +372,24 @@ class ResolvedVariant:
     phases: tuple[AlignPhase, ...]
     cos_margin: float
     distmat_margin: float
-
-
-def _optional_variant_key(keys: list[str]) -> bool:
-    """`variants.<name>.<field>` for a field a variant may leave out (null by default)."""
-    return (
-        len(keys) == 3
-        and keys[0] == "variants"
-        and keys[2] in VariantConfig.model_fields
-        and not VariantConfig.model_fields[keys[2]].is_required()
-    )
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (pass --params PATH)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return raw
+    equivariance: bool  # trains with the `equivariance` section's loss
+    latent_denoising: bool  # trains with the `latent_denoising` section's corruption
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`raw` with each `section.key=value` override set (ldm/nested.py), a variant's optional
-    fields included."""
-    return nested_overrides(raw, overrides, _optional_variant_key)
+    fields (`variants.<name>.<field>`, null or false when left out) included."""
+    optional = {name for name, f in VariantConfig.model_fields.items() if not f.is_required()}
+    return nested_overrides(
+        raw, overrides, lambda k: len(k) == 3 and k[0] == "variants" and k[2] in optional
+    )
 
 
 def validate_dict(raw: dict[str, Any], source: str) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-            lines.append(f"  {key}: {e['msg']}{got}")
-        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+        raise validation_error(err, source) from None
 
 
 def load(path: Path, overrides: list[str] | None = None) -> Config:

@@ -1,13 +1,14 @@
 """Nested settings as dotted keys: `{"data": {"resolution": 32}}` is `data.resolution`.
 
-The spelling `--set` (parsed here), MLflow's params and the resume notices share. Plain Python
-(YAML read on demand), so the training toolkit can use it on a host without the config's
-libraries.
+The spelling `--set` (parsed here), MLflow's params, the resume notices and the config's error
+messages share; the params file is read here too. Plain Python (YAML read on demand), so the
+training toolkit can use it on a host without the config's libraries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ldm.errors import ConfigError
@@ -62,3 +63,28 @@ def apply_overrides(
             else:
                 node = node[key]
     return merged
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The settings file at `path` as nested dicts; ConfigError when it is missing or malformed."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (pass --params PATH)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def validation_error(err: Any, source: str) -> ConfigError:
+    """A pydantic ValidationError as one ConfigError naming each faulty key by its dotted name."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        lines.append(f"  {key}: {e['msg']}{got}")
+    return ConfigError(f"{source}: invalid config\n" + "\n".join(lines))
