@@ -49,9 +49,20 @@ SPEED_ONLY = {
 # processes run it; `cost` prices the stage's hours into its metrics' `cost/usd` as it ends, a
 # record of what that run cost: the report, which answers with prices, declares `cost`.
 
-# Declared keys that the tiny trial (on a CPU) never reaches, and where they are read (none
-# today: the report prices GPU-hours, zero or not, with cost.gpu_hour_usd).
-OTHER_BRANCH: dict[tuple[str, str], str] = {}
+# Declared keys that the tiny trial (on a CPU) never reaches, and where they are read (the
+# report prices GPU-hours, zero or not, with cost.gpu_hour_usd).
+REGULARISER = (
+    "read only by a cell whose variant switches its regulariser on (ldm/stages/"
+    "train_tokenizer.py); the tiny trial's plain and aligned variants switch none on"
+)
+OTHER_BRANCH: dict[tuple[str, str], str] = {
+    ("train_tokenizer", f"{section}.{key}"): REGULARISER
+    for section, keys in {
+        "equivariance": ("weight", "share", "scales", "rotations"),
+        "latent_denoising": ("gamma", "mask", "mask_ratio"),
+    }.items()
+    for key in keys
+}
 
 
 def body(stages: dict[str, Any], stage: str) -> dict[str, Any]:

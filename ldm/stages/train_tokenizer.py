@@ -1,7 +1,8 @@
 """The tokenizer stage `train_tokenizer@<cell>`: a KL-VAE per variant and seed, aligned or not.
 
 Every variant trains from scratch for `tokenizer.steps` steps with the same recipe, so their
-differences are the variant's settings alone (architecture, alignment), not extra training.
+differences are the variant's settings alone (architecture, alignment, the regularisers
+equivariance and latent denoising), not extra training.
 Each ends the same way: latent statistics over the train split stored in the tokenizer,
 reconstruction quality on the val split, and a release folder
 `data/checkpoints/tokenizer-<cell>/` (`model.safetensors` + `config.json`). Every variant also
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from typing import Any
 
 from ldm.config import Config
 from ldm.cost import Clock
@@ -44,6 +46,22 @@ RESUMABLE_SETTINGS = frozenset(
 )
 
 
+REGULARISERS = ("equivariance", "latent_denoising")  # a variant's switches, and their sections
+
+
+def variant_identity(cfg: Config, variant: str) -> dict[str, Any]:
+    """What a variant adds to its cells' resume identity: its entry, and the section of each
+    option it switches on (`align`, the regularisers). A section it leaves off is not read: a
+    plain variant's resume point survives a change to equivariance.weight. The regularisers'
+    switches are left out while false, so that states saved before they existed still resume."""
+    v = cfg.variant(variant)
+    entry = cfg.section("variants")[variant]
+    entry = {key: value for key, value in entry.items() if value or key not in REGULARISERS}
+    used = ["align"] if v.align else []
+    used += [name for name in REGULARISERS if getattr(v, name)]
+    return {"variants": {variant: entry}} | {name: cfg.section(name) for name in used}
+
+
 def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageResult:
     """Train one cell's tokenizer; release it with its latent statistics and quality."""
     clock = Clock()  # this attempt's hours, from its start: its resume points keep them
@@ -59,6 +77,7 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> S
     from ldm.tokenizer.align import VFProjection
     from ldm.tokenizer.evaluation import latent_statistics, measure_reconstruction
     from ldm.tokenizer.model import Tokenizer, arch_from_preset
+    from ldm.tokenizer.regularisers import Equivariance, LatentDenoising
     from ldm.tokenizer.train import Alignment, TrainRun, fit
     from ldm.training import checkpoint
     from ldm.training.distributed import cleanup, init_distributed
@@ -110,6 +129,13 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> S
             align.distmat_weight,
             align.adaptive_max,
         )
+    eq = ld = None
+    if v.equivariance:
+        e = cfg.equivariance
+        eq = Equivariance(e.weight, e.share, tuple(e.scales), e.rotations)
+    if v.latent_denoising:
+        d = cfg.latent_denoising
+        ld = LatentDenoising(d.gamma, d.mask, d.mask_ratio)
     run = TrainRun(
         model=model,
         cfg=tok,
@@ -122,15 +148,16 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> S
         identity={
             "architecture": arch.to_dict(),
             "data (prepared train split)": meta["source_manifest_sha256"],
-            "variants": {variant: cfg.section("variants")[variant]},
             **recipe,
         }
-        | ({"align": cfg.section("align")} if v.align else {}),
+        | variant_identity(cfg, variant),
         settings=resumable,
         device=device,
         notice=notice,
         dist=dist,
         clock=clock,
+        equivariance=eq,
+        latent_denoising=ld,
     )
     try:
         bar = (

@@ -1,14 +1,20 @@
-"""The tokenizer's training loop, for plain and aligned variants alike.
+"""The tokenizer's training loop, for every variant: plain, aligned, regularised.
 
-Objective (VQGAN/LDM with VA-VAE's addition):
+Objective (VQGAN/LDM with VA-VAE's addition and the optional regularisers):
     L = rec + kl_weight·KL [+ w_gan·disc_weight·G] [+ w_vf·vf_weight·(cos_w·L_mcos + dist_w·L_mdms)]
-where rec = L1 + perceptual_weight·perceptual is the "reconstruction" both adaptive weights are
-measured against: w_vf on the encoder's last layer (VA-VAE), w_gan on the decoder's (VQGAN).
+          [+ eq_weight·d(Dec(tau(z)), tau(x))]
+where rec = d(Dec(z'), x), d = L1 + perceptual_weight·perceptual, is the "reconstruction" both
+adaptive weights are measured against: w_vf on the encoder's last layer (VA-VAE), w_gan on the
+decoder's (VQGAN). z is the posterior sample, on which KL and VF are measured; the decoder sees
+z' = z, or with latent denoising z' = (1 - t)·z + t·gamma·eps (and the encoder a masked image).
+The equivariance term comes on a share of the steps, tau drawn per step
+(ldm/tokenizer/regularisers.py).
 
-Every random draw is a function of (seed, step): the batch order and flips (`ImageBatches`) and
-the posterior noise (a generator seeded per step). A run resumed from its last complete
-checkpoint (weights, optimisers, step, learning-rate schedule) therefore continues exactly as if
-never interrupted.
+Every random draw is a function of (seed, step): the batch order and flips (`ImageBatches`), the
+posterior noise (a generator seeded per step) and the regularisers' draws (generators of their
+own, so a variant without them draws exactly what it drew before they existed). A run resumed
+from its last complete checkpoint (weights, optimisers, step, learning-rate schedule) therefore
+continues exactly as if never interrupted.
 
 Under DDP (torchrun, one process per GPU) the draws are made for the *global* batch and each rank
 takes its slice, every loss is a per-sample mean, and DDP averages the gradients of the model,
@@ -47,7 +53,14 @@ from ldm.tokenizer.discriminator import (
     hinge_d_loss,
     layers_for,
 )
+from ldm.tokenizer.losses import reconstruction_loss
 from ldm.tokenizer.model import Tokenizer
+from ldm.tokenizer.regularisers import (
+    Equivariance,
+    LatentDenoising,
+    equivariance_loss,
+    masked_input,
+)
 from ldm.training.distributed import Dist, all_reduce_mean, barrier, wrap
 from ldm.training.resume import (
     NonFiniteLoss,
@@ -143,6 +156,8 @@ class TrainRun:
     discriminator: nn.Module | None = None  # set by fit when tokenizer.disc_weight > 0
     clock: Clock = field(default_factory=Clock)  # this attempt's hours: the stage starts it
     carried: Hours | None = None  # set by fit: the earlier attempts' hours, when it resumed
+    equivariance: Equivariance | None = None  # for variants with equivariance: true
+    latent_denoising: LatentDenoising | None = None  # for variants with latent_denoising: true
 
 
 def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
@@ -182,6 +197,9 @@ def fit(run: TrainRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
             f"tokenizer.batch_size {cfg.batch_size} must be a multiple of tokenizer.world_size "
             f"{dist.world_size}: every rank takes an equal slice of the global batch"
         )
+    eq, denoise = run.equivariance, run.latent_denoising
+    if eq is not None and (fault := eq.fault(model.latent_shape[-1])):
+        raise LdmError(fault)
     model.to(device).train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -232,8 +250,14 @@ def fit(run: TrainRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
         grid = model.latent_shape[1:]
         features = FeatureCache(align.foundation, grid, run.batches, cfg.batch_size)
     mine = _rank_slice(run)
+
+    def rec_loss(recon: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        side = model.arch.resolution
+        return reconstruction_loss(recon, x, run.perceptual, cfg.perceptual_weight, side)
+
     sums: dict[str, torch.Tensor] = {}
-    window, images_seen, clock = 0, 0, time.perf_counter()
+    counts: dict[str, int] = {}  # steps behind each sum: the equivariance term skips some
+    images_seen, clock = 0, time.perf_counter()
     final_loss = float("nan")
     for step in range(start, run.steps):
         lr = schedule.rate(step)
@@ -247,14 +271,30 @@ def fit(run: TrainRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
         g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
         shape = (cfg.batch_size, *model.latent_shape)
         noise = torch.randn(shape, generator=g, device=device)[mine]  # (S, d, h, w)
+        x_in, corrupt = x, {}
+        if denoise is not None:
+            c = denoise.draw(cfg.seed, step, model.latent_shape, cfg.batch_size, device).rows(mine)
+            corrupt = {"latent_noise": (c.t, denoise.gamma * c.eps)}
+            if c.keep is not None:
+                x_in = masked_input(x, c.keep, model.arch.downsample)  # (S, 3, H, W)
+        tau = eq.draw(cfg.seed, step) if eq is not None else None
         with autocast:
-            recon, posterior, z = forward(x, sample=True, noise=noise)
-            l1 = (recon.float() - x).abs().mean()
-            perceptual = run.perceptual(recon, x).mean() if run.perceptual else torch.zeros(())
-            rec = l1 + cfg.perceptual_weight * perceptual.to(l1.device)
+            recon, posterior, z = forward(x_in, sample=True, noise=noise, **corrupt)
+            rec, l1, perceptual = rec_loss(recon, x)
             kl = posterior.kl().mean()
             loss = rec + cfg.kl_weight * kl
             logged = {"train/l1": l1, "train/perceptual": perceptual, "train/kl": kl}
+            if tau is not None:
+                # The bare decoder, as for the GAN: DDP's hooks still average its gradients.
+                eq_loss = equivariance_loss(
+                    model.decoder, z, x, tau, lambda r, t: rec_loss(r, t)[0]
+                )
+                loss = loss + eq.weight * eq_loss
+                logged["train/eq"] = eq_loss
+            if denoise is not None:
+                logged["train/denoise_t"] = c.t.mean()
+                if c.keep is not None:
+                    logged["train/masked"] = 1 - c.keep.float().mean()
             if align is not None:
                 phase = align.phase(step, schedule.first_horizon)
                 margins = (align.cos_margin, align.distmat_margin) if phase.use_margins else (0, 0)
@@ -302,15 +342,16 @@ def fit(run: TrainRun, tracker: Tracker, progress: Advance) -> dict[str, float]:
         logged["train/loss"] = loss
         for key, value in logged.items():  # this rank's sums; averaged over ranks when logged
             sums[key] = sums.get(key, 0.0) + value.detach().float()
-        window += 1
+            counts[key] = counts.get(key, 0) + 1
         images_seen += cfg.batch_size
         done = step + 1
         if done % LOG_EVERY == 0 or done == run.steps:
             totals = all_reduce_mean(torch.stack([v.to(device) for v in sums.values()]))
-            means = dict(zip(sums, (totals / window).tolist(), strict=True))
+            steps = torch.tensor([counts[key] for key in sums], dtype=totals.dtype, device=device)
+            means = dict(zip(sums, (totals / steps).tolist(), strict=True))
             tracker.log_metrics(means | {"train/lr": lr}, step=done)
             final_loss = means["train/loss"]
-            sums, window = {}, 0
+            sums, counts = {}, {}
         if done % cfg.eval_every == 0 or done == run.steps:
             if dist.is_main:
                 _check_and_show(run, tracker, done)
