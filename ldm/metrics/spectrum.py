@@ -38,7 +38,7 @@ def channel_energy(x: np.ndarray) -> np.ndarray:
     if x.ndim != 4:
         raise ValueError(f"expected maps of shape (N, C, H, W), got {x.shape}")
     h, w = x.shape[-2:]
-    coefficients = np.einsum("uh,nchw,vw->ncuv", dct_matrix(h), x, dct_matrix(w))
+    coefficients = dct_matrix(h) @ x @ dct_matrix(w).T  # (N, C, H, W): two matrix products
     return (coefficients**2).sum(axis=0)
 
 
