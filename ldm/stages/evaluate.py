@@ -7,7 +7,9 @@ a ceiling.
 - reference lines, with the same network and sample sizes: the train split against the val
   split (what a perfect generator scores) and decoded N(0, I) latents (what an untrained one
   scores), so every FD reads between them;
-- the tokenizer's reconstruction quality, as `train_tokenizer@<cell>` measured it;
+- the tokenizer's reconstruction quality, as `train_tokenizer@<cell>` measured it, and why its
+  latent space generates as it does: spectrum, channel statistics, rFD under latent noise
+  (ldm/stages/diagnostics.py);
 - speed of sampling, encoding and decoding, and the cell's whole cost, shared stages included.
 Written as `data/metrics/evaluate@<cell>.json` (`ldm.records.EvaluateRecord`). Every cell draws
 the same noise and labels (evaluate.seed): row j of two cells' samples is paired.
@@ -33,6 +35,7 @@ from ldm.records import (
     total_cost,
 )
 from ldm.stages.codec import decoded, time_encoding
+from ldm.stages.diagnostics import latent_diagnostics
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.kept_features import reference_features
 from ldm.stages.result import StageResult
@@ -98,6 +101,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
         MEASUREMENT_STREAM,
     )
     encode_seconds = time_encoding(tokenizer, val_images, batch, device)
+    diagnostics, reconstructed = latent_diagnostics(tokenizer, net, val_images, val, ev, device)
 
     # The features stay with the evaluation (the report resamples them; no network reruns).
     paths.evaluation(cell).mkdir(parents=True, exist_ok=True)
@@ -106,6 +110,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
         generated=generated,
         labels=np.zeros(0) if labels is None else labels.numpy(),
         untrained=untrained,
+        reconstructed=reconstructed,  # row i: val image i, as data/reference/val.npz's rows
         network=np.array(net.name),
     )
     estimates, kid_mean, kid_std, fd_inf = uncertainty_of(val, generated, train, untrained, ev)
@@ -175,6 +180,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
             cost=VariantCost(total=total, stages=stages),
             self_graded=self_graded,
             uncertainty=uncertainty,
+            diagnostics=diagnostics,
         )
         own = {k: v for k, v in own_metrics.items() if isinstance(v, int | float)}
         return record.model_dump(), record.metrics() | own
