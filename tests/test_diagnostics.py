@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 from statistics import fmean, stdev
 
+import numpy as np
 import pytest
 
+from ldm.paths import Paths
 from ldm.records import EvaluateRecord, Interval, LatentDiagnostics, Uncertainty
 from ldm.report import write_report
 from ldm.report.diagnostics import diagnostics_section
 from ldm.report.seeds import merge
+from ldm.stages.kept_features import evaluation_features
 from tests.test_report import (
     HEADER,
     NET,
@@ -129,3 +132,21 @@ def test_the_report_explains_each_variant_s_latent_space(tmp_path: Path) -> None
         < (text.index("## Reconstruction vs generation"))
     )
     assert "Why a latent space generates as it does" in (out / "report.html").read_text()
+
+
+def test_kept_features_carry_the_reconstructions_where_an_evaluation_kept_them(
+    tmp_path: Path,
+) -> None:
+    paths = Paths(tmp_path)
+    rows = {name: np.ones((4, 3)) for name in ("generated", "untrained")}
+    for cell, extra in (("old-0", {}), ("new-0", {"reconstructed": np.zeros((5, 3))})):
+        paths.evaluation(cell).mkdir(parents=True)
+        np.savez(
+            paths.evaluation(cell) / "features.npz",
+            labels=np.zeros(0),
+            network=np.array(NET),
+            **rows,
+            **extra,
+        )
+    assert evaluation_features(paths, "old-0", NET)["reconstructed"] is None
+    assert evaluation_features(paths, "new-0", NET)["reconstructed"].shape == (5, 3)
