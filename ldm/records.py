@@ -4,9 +4,10 @@
   that prices its hours (`billed_usd`), used as a stage ends and again by the report.
 - `ConvergenceCurve`: gFD against training step and compute during `train_diffusion`
   (`data/metrics/convergence@<cell>.json`, a cell being a variant trained with one seed).
-- `EvaluateRecord`: one cell's quality, speed and cost (`data/metrics/evaluate@<cell>.json`),
-  the contract between `evaluate`, `report`, the registry and the README's schema; the report
-  merges a variant's cells into one (ldm/report/seeds.py).
+- `EvaluateRecord`: one cell's quality, speed, cost and latent diagnostics
+  (`data/metrics/evaluate@<cell>.json`), the contract between `evaluate`, `report`, the
+  registry and the README's schema; the report merges a variant's cells into one
+  (ldm/report/seeds.py).
 
 A distance or similarity is only comparable within the network that measured it, so its JSON key
 carries that network's name: the field `fd` measured with EfficientNet-Lite2 is written
@@ -270,6 +271,44 @@ class Uncertainty(Record):
     per_class: dict[str, Interval] | None = None
 
 
+class LatentDiagnostics(Record):
+    """Why a latent space generates as it does, measured by `evaluate` on the val split
+    (ldm/stages/diagnostics.py): the share of spectral energy at normalised frequency ≥
+    `frequency_cut` (ldm/metrics/spectrum.py) in the raw latents and in the images; each
+    channel's mean and standard deviation of the val split's raw posterior means (before the
+    tokenizer's normalisation); and rFD of Dec(z + σε), z the normalised posterior mean,
+    against the val images, keyed by f"{σ:g}" with its bootstrap interval."""
+
+    named_by: ClassVar[dict[str, str]] = {"noisy_rfd": "feature_net"}
+    frequency_cut: float = Field(gt=0.0, lt=1.0)
+    latent_high_frequency: float = Field(ge=0.0, le=1.0)
+    image_high_frequency: float = Field(ge=0.0, le=1.0)
+    channel_mean: list[float]
+    channel_std: list[float]
+    noisy_rfd: dict[str, float]
+    noisy_rfd_intervals: dict[str, Interval]
+    feature_net: str
+
+    def metrics(self, prefix: str = "diagnostics/") -> dict[str, float]:
+        """`diagnostics/latent_high_frequency`, `diagnostics/noisy_rfd/0.1` (and its `_se`,
+        `_lo`, `_hi`), each channel by index and the channels' summary (std range, max |mean|)."""
+        flat = {
+            prefix + k: float(getattr(self, k))
+            for k in ("frequency_cut", "latent_high_frequency", "image_high_frequency")
+        }
+        for name in ("channel_mean", "channel_std"):
+            flat |= {f"{prefix}{name}/{i}": v for i, v in enumerate(getattr(self, name))}
+        flat[prefix + "channel_std_min"] = min(self.channel_std)
+        flat[prefix + "channel_std_max"] = max(self.channel_std)
+        flat[prefix + "channel_mean_max_abs"] = max(abs(m) for m in self.channel_mean)
+        for sigma, value in self.noisy_rfd.items():
+            key = f"{prefix}noisy_rfd/{sigma}"
+            flat[key] = value
+            if (interval := self.noisy_rfd_intervals.get(sigma)) is not None:
+                flat |= {f"{key}_{part}": getattr(interval, part) for part in ("se", "lo", "hi")}
+        return flat
+
+
 class SamplingSpeed(Record):
     solver: str
     steps: int
@@ -305,6 +344,7 @@ class EvaluateRecord(Record):
     # its FDs flatter it. False in records written before the field existed.
     self_graded: bool = False
     uncertainty: Uncertainty | None = None  # None in records from before intervals
+    diagnostics: LatentDiagnostics | None = None  # None in records from before them
     # A variant's cells merged into one record (ldm/report/seeds.py): the seeds it averages
     # and each number's standard deviation over them (`fd`, `relative_fd`, `precision`, ...,
     # `psnr`, `rfd`). None in one cell's own record.
@@ -348,4 +388,4 @@ class EvaluateRecord(Record):
         for name, interval in per_class.items():
             key = f"generation/fd_per_class/{name}"
             flat |= {f"{key}_{part}": getattr(interval, part) for part in ("se", "lo", "hi")}
-        return flat
+        return flat | (self.diagnostics.metrics() if self.diagnostics else {})

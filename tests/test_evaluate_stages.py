@@ -8,8 +8,10 @@ call. Its outputs are read here; the report is run again, through the CLI, in a 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -18,6 +20,7 @@ from typer.testing import CliRunner
 from ldm.cli import app
 from ldm.paths import Paths
 from ldm.records import EvaluateRecord
+from ldm.tokenizer.model import TokenizerArch
 from tests.stage_run import TinyTrial
 
 runner = CliRunner()
@@ -66,6 +69,7 @@ def test_evaluate_writes_the_record_between_its_reference_lines(tiny_trial: Tiny
         # every class's gFD has its interval
         assert set(record.uncertainty.per_class) == set(record.generation.fd_per_class)
         assert (paths.evaluation(cell) / "samples.png").is_file()
+        check_diagnostics(record, paths, cell)
     client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
     (run,) = client.search_runs(
         [client.get_experiment_by_name("ldm-poc").experiment_id],
@@ -77,6 +81,33 @@ def test_evaluate_writes_the_record_between_its_reference_lines(tiny_trial: Tiny
         ]
     )
     assert record_fd > 0
+
+
+def check_diagnostics(record: EvaluateRecord, paths: Paths, cell: str) -> None:
+    """The latent diagnostics of one cell: sane numbers, each rFD inside its interval, and the
+    reconstructions' features kept row for row with the val split's."""
+    found = record.diagnostics
+    assert found is not None and found.feature_net == record.generation.feature_net
+    assert 0 < found.frequency_cut < 1
+    assert 0 <= found.latent_high_frequency <= 1 and 0 < found.image_high_frequency < 1
+    channels = TokenizerArch.from_dict(
+        json.loads((paths.tokenizer(cell) / "config.json").read_text())["arch"]
+    ).latent_channels
+    assert len(found.channel_mean) == len(found.channel_std) == channels
+    assert all(s > 0 for s in found.channel_std)
+    # not asserted: that rFD grows with σ (a tiny decoder need not be monotone in it)
+    assert set(found.noisy_rfd) == set(found.noisy_rfd_intervals) == {"0", "0.1", "0.25", "0.5"}
+    for sigma, rfd in found.noisy_rfd.items():
+        interval = found.noisy_rfd_intervals[sigma]
+        assert math.isfinite(rfd) and rfd >= 0
+        assert interval.lo <= rfd <= interval.hi
+    with np.load(paths.evaluation(cell) / "features.npz") as kept:
+        val = np.load(paths.reference / "val.npz")["features"]
+        assert kept["reconstructed"].shape == val.shape
+    metrics = record.metrics()
+    assert metrics["diagnostics/noisy_rfd/0.1"] == found.noisy_rfd["0.1"]
+    assert metrics["diagnostics/noisy_rfd/0.1_lo"] == found.noisy_rfd_intervals["0.1"].lo
+    assert metrics["diagnostics/channel_std_max"] == max(found.channel_std)
 
 
 def test_report_registers_each_generator_once_and_recommends(trial_copy: Path) -> None:

@@ -148,6 +148,21 @@ def test_a_bootstrap_estimate_holds_its_point_and_has_a_spread() -> None:
     assert wide.se > 0 and np.isfinite(wide.point)  # N < D: the Gram route
 
 
+def test_paired_rows_resample_a_set_and_its_reconstruction_together() -> None:
+    # row i of `copy` reconstructs row i of `real`: drawn together, their FD stays about as
+    # small as measured; drawn apart, each draw's duplicates alone push it far above
+    rng = np.random.default_rng(15)
+    real = rng.normal(size=(60, 30))
+    copy = real + 0.01 * rng.normal(size=real.shape)
+    paired = bootstrap_fd(real, copy, Resampling(100, 0.9, 4), paired=True)
+    apart = bootstrap_fd(real, copy, Resampling(100, 0.9, 4))
+    assert paired.point == apart.point < 0.1
+    assert paired.lo <= paired.point <= paired.hi and paired.se < 0.1
+    assert apart.bias > 10 * paired.se
+    with pytest.raises(ValueError, match="paired"):
+        bootstrap_fd(real, copy[:50], Resampling(10, 0.9, 0), paired=True)
+
+
 def test_a_paired_difference_sees_a_shift_the_shared_reference_would_hide() -> None:
     rng, d = np.random.default_rng(14), 64
     basis = rng.normal(size=(8, d)) / np.sqrt(8)

@@ -274,7 +274,7 @@ def refresh_cost(paths: Paths, cell: str) -> None:
     """A cell's record with the costs of the stages before it read again, as `evaluate`
     reads them (its quality numbers do not matter here, and evaluating takes a while)."""
     from ldm.files import write_json_atomic
-    from ldm.stages.evaluate import cell_costs
+    from ldm.stages.upstream import cell_costs
 
     file = paths.stage_metrics(f"evaluate@{cell}")
     record = EvaluateRecord.model_validate_json(file.read_text())

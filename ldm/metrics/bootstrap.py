@@ -113,17 +113,28 @@ def resample(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def bootstrap_fd(
-    real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, resampling: Resampling
+    real: torch.Tensor | np.ndarray,
+    fake: torch.Tensor | np.ndarray,
+    resampling: Resampling,
+    paired: bool = False,
 ) -> Estimate:
-    """FD(real, fake) with its bootstrap se and interval; each draw resamples both sets."""
+    """FD(real, fake) with its bootstrap se and interval; each draw resamples both sets.
+
+    `paired`: row i of `fake` was made from row i of `real` (a reconstruction of that image),
+    so a draw takes the same rows of both, as a fresh sample of images would bring a fresh
+    reconstruction of each. Resampled apart, a set and its near-copy would lose their pairing,
+    and the draws would measure a distance the data does not have."""
     real, fake = as_features(real), as_features(fake)
+    if paired and len(real) != len(fake):
+        raise ValueError(f"paired rows need as many of each, got {len(real)} and {len(fake)}")
     fd = ResampledFrechet(real, fake)
     rng = np.random.default_rng(resampling.seed)
     n_real, n_fake = len(real), len(fake)
+    values = np.empty(resampling.draws)
     with single_threaded_blas():
-        values = np.array(
-            [fd(resample(rng, n_real), resample(rng, n_fake)) for _ in range(resampling.draws)]
-        )
+        for i in range(resampling.draws):
+            rows = resample(rng, n_real)
+            values[i] = fd(rows, rows if paired else resample(rng, n_fake))
     return summarise(frechet_distance_between(real, fake), values, resampling.level)
 
 

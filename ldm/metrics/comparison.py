@@ -32,6 +32,9 @@ class Replicate:
 
     generated: np.ndarray  # (N, D); row j from the j-th fixed noise and label, in every variant
     untrained: np.ndarray  # decoded N(0, I) latents: its ceiling's rows
+    # its tokenizer's reconstructions of the val images, row i of val image i: rFD gaps pair
+    # on these rows; None for evaluations from before they were kept
+    reconstructed: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

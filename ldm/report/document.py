@@ -1,8 +1,9 @@
 """The report's text: one Markdown document, also the source of the HTML page.
 
 It opens with the verdict, as a reader deciding on the next step needs it first, then the
-evidence behind it: the quality table, the trade-off, the convergence and its projection, costs,
-gates and speed, each with what its numbers mean.
+evidence behind it: the quality table, why each latent space generates as it does, the
+trade-off, the convergence and its projection, costs, gates and speed, each with what its
+numbers mean.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from ldm.config import ReportConfig
 from ldm.records import ConvergenceCurve, EvaluateRecord
+from ldm.report.diagnostics import diagnostics_section
 from ldm.report.paper import PAPER_SETUP, PAPER_SOURCE, TABLE_2
 from ldm.report.projection import INTERVAL, UNITS
 from ldm.report.summary import ABSENT, ReportSummary, fmt, interval_note, usd, with_interval
@@ -363,6 +365,7 @@ def markdown(inputs: ReportInputs, image: Callable[[str], str]) -> str:
         _header(s),
         _verdict(s),
         _glance(s),
+        diagnostics_section(inputs.records),
         per_class_section(inputs.records),
         _tradeoff(s, image),
         _projection(inputs, image),

@@ -7,7 +7,9 @@ and the intervals say how sure the mean is:
   seeds and then the rows in every draw, so the interval holds both sources of noise:
   retraining and sampling;
 - every other number: its typical within-seed interval, each seed's offsets from its own point
-  averaged and put around the mean (the spread over seeds stands beside it).
+  averaged and put around the mean (the spread over seeds stands beside it);
+- the latent diagnostics' noisy rFDs: that typical interval widened by the seeds' spread
+  (`_diagnostics` says why they differ from the numbers above).
 The cost is the shared stages once and every cell's own stages: what the variant's seeds cost.
 """
 
@@ -15,14 +17,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from math import isfinite
-from statistics import fmean, stdev
+from math import isfinite, sqrt
+from statistics import NormalDist, fmean, stdev
 from typing import TYPE_CHECKING
 
 from ldm.records import (
     EvaluateRecord,
     GenerationQuality,
     Interval,
+    LatentDiagnostics,
     SamplingSpeed,
     Uncertainty,
     VariantCost,
@@ -99,6 +102,8 @@ def merge(
         **{k: getattr(generation, k) for k in ("precision", "recall", "density", "coverage")},
     }
     stages = {name: cost for r in records for name, cost in r.cost.stages.items()}
+    diagnostics, diagnostics_spread = _diagnostics(records)
+    spread |= diagnostics_spread
     return first.model_copy(
         update={
             "tokenizer": tokenizer,
@@ -108,6 +113,7 @@ def merge(
             "cost": VariantCost(total=total_cost(list(stages.values())), stages=stages),
             "self_graded": any(r.self_graded for r in records),
             "uncertainty": _uncertainty(records, points, joint or {}),
+            "diagnostics": diagnostics,
             "merged_seeds": [r.seed for r in records],
             "seed_spread": spread,
         }
@@ -202,3 +208,63 @@ def _point(record: EvaluateRecord, name: str) -> float:
     if name in ("fd_train_val", "fd_random_latents"):
         return getattr(record.reference, name)
     return getattr(record.generation, name)
+
+
+def _diagnostics(
+    records: Sequence[EvaluateRecord],
+) -> tuple[LatentDiagnostics | None, dict[str, float]]:
+    """The seeds' latent diagnostics as one (None unless every seed has them), and the spread
+    over seeds of the latents' high-frequency share and of each noisy rFD (`noisy_rfd/0.1`).
+
+    The channel lists are averaged rank by rank, each seed's values sorted first: channel k of
+    one seed's tokenizer has nothing to do with channel k of another's (each trained from its
+    own initialisation), so only the shape of the distribution over channels is comparable.
+
+    A noisy rFD's interval is the typical within-seed one widened by the seeds' spread: every
+    seed reconstructs the same val images, so the row noise its interval holds is common to all
+    seeds and does not average out, while retraining adds a spread of its own whose share in the
+    mean is sd / √seeds; the two are independent and add in quadrature. (The gFD resamples
+    seeds and rows jointly instead; these rows are not kept for every σ.)"""
+    found = [r.diagnostics for r in records]
+    if any(d is None for d in found):
+        return None, {}
+    first = found[0]
+    if len({(d.frequency_cut, d.feature_net, len(d.channel_std)) for d in found}) != 1:
+        raise ValueError("the seeds' diagnostics differ in cut, network or channel count")
+    spread = {"latent_high_frequency": _sd([d.latent_high_frequency for d in found])}
+    level = records[0].uncertainty.level if records[0].uncertainty else None
+    noisy, intervals = {}, {}
+    for sigma in first.noisy_rfd:
+        points = [d.noisy_rfd.get(sigma) for d in found]
+        spans = [d.noisy_rfd_intervals.get(sigma) for d in found]
+        if None in points or None in spans:
+            continue
+        noisy[sigma] = fmean(points)
+        spread[f"noisy_rfd/{sigma}"] = _sd(points)
+        typical = _typical(spans, points, noisy[sigma])
+        intervals[sigma] = _widened(typical, noisy[sigma], _sd(points) / sqrt(len(points)), level)
+    ranked = {
+        name: [fmean(v) for v in zip(*(sorted(getattr(d, name)) for d in found), strict=True)]
+        for name in ("channel_mean", "channel_std")
+    }
+    merged = first.model_copy(
+        update={
+            "latent_high_frequency": fmean(d.latent_high_frequency for d in found),
+            "image_high_frequency": fmean(d.image_high_frequency for d in found),
+            **ranked,
+            "noisy_rfd": noisy,
+            "noisy_rfd_intervals": intervals,
+        }
+    )
+    return merged, spread
+
+
+def _widened(typical: Interval, mean: float, seed_se: float, level: float | None) -> Interval:
+    """`typical` (around `mean`) with `seed_se`, the mean's standard error from retraining,
+    added in quadrature to its se and, at the interval's normal quantile, to each half-width."""
+    z = NormalDist().inv_cdf(0.5 + level / 2) if level is not None else 0.0
+    below = sqrt(max(mean - typical.lo, 0.0) ** 2 + (z * seed_se) ** 2)
+    above = sqrt(max(typical.hi - mean, 0.0) ** 2 + (z * seed_se) ** 2)
+    return Interval(
+        se=sqrt(typical.se**2 + seed_se**2), lo=mean - below, hi=mean + above, bias=typical.bias
+    )

@@ -7,7 +7,9 @@ a ceiling.
 - reference lines, with the same network and sample sizes: the train split against the val
   split (what a perfect generator scores) and decoded N(0, I) latents (what an untrained one
   scores), so every FD reads between them;
-- the tokenizer's reconstruction quality, as `train_tokenizer@<cell>` measured it;
+- the tokenizer's reconstruction quality, as `train_tokenizer@<cell>` measured it, and why its
+  latent space generates as it does: spectrum, channel statistics, rFD under latent noise
+  (ldm/stages/diagnostics.py);
 - speed of sampling, encoding and decoding, and the cell's whole cost, shared stages included.
 Written as `data/metrics/evaluate@<cell>.json` (`ldm.records.EvaluateRecord`). Every cell draws
 the same noise and labels (evaluate.seed): row j of two cells' samples is paired.
@@ -15,7 +17,6 @@ the same noise and labels (evaluate.seed): row j of two cells' samples is paired
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,14 +30,16 @@ from ldm.records import (
     ReferenceLines,
     SamplingSpeed,
     StageCost,
-    TokenizerQuality,
     Uncertainty,
     VariantCost,
     total_cost,
 )
+from ldm.stages.codec import decoded, time_encoding
+from ldm.stages.diagnostics import latent_diagnostics
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.kept_features import reference_features
 from ldm.stages.result import StageResult
+from ldm.stages.upstream import cell_costs, tokenizer_quality
 from ldm.tracker import Tracker
 from ldm.training.devices import pick_device
 
@@ -98,6 +101,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
         MEASUREMENT_STREAM,
     )
     encode_seconds = time_encoding(tokenizer, val_images, batch, device)
+    diagnostics, reconstructed = latent_diagnostics(tokenizer, net, val_images, val, ev, device)
 
     # The features stay with the evaluation (the report resamples them; no network reruns).
     paths.evaluation(cell).mkdir(parents=True, exist_ok=True)
@@ -106,6 +110,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
         generated=generated,
         labels=np.zeros(0) if labels is None else labels.numpy(),
         untrained=untrained,
+        reconstructed=reconstructed,  # row i: val image i, as data/reference/val.npz's rows
         network=np.array(net.name),
     )
     estimates, kid_mean, kid_std, fd_inf = uncertainty_of(val, generated, train, untrained, ev)
@@ -175,6 +180,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
             cost=VariantCost(total=total, stages=stages),
             self_graded=self_graded,
             uncertainty=uncertainty,
+            diagnostics=diagnostics,
         )
         own = {k: v for k, v in own_metrics.items() if isinstance(v, int | float)}
         return record.model_dump(), record.metrics() | own
@@ -351,50 +357,3 @@ def generate_and_measure(
             advance(stop - start)
     shown.sort(key=lambda item: item[0])  # a class per row
     return np.concatenate(features), np.stack([p for _, p in shown]), timing
-
-
-def decoded(tokenizer: Any, latents: torch.Tensor, batch: int, timed: bool = False) -> Any:
-    """Images in [-1, 1] (a list of CPU batches) of normalised latents; with the seconds
-    decoding took when `timed`."""
-    import torch
-
-    images, started = [], time.perf_counter()
-    with torch.no_grad():
-        for start in range(0, len(latents), batch):
-            images.append(tokenizer.decode(latents[start : start + batch]).clamp(-1, 1).cpu())
-    return (images, time.perf_counter() - started) if timed else images
-
-
-def time_encoding(tokenizer: Any, images: np.ndarray, batch: int, device: torch.device) -> float:
-    import torch
-
-    from ldm.data.batches import to_model_range
-
-    started = time.perf_counter()
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            tokenizer.encode(to_model_range(images[start : start + batch]).to(device))
-    return time.perf_counter() - started
-
-
-def tokenizer_quality(paths: Paths, cell: str) -> TokenizerQuality:
-    source = paths.stage_metrics(f"train_tokenizer@{cell}")
-    if not source.is_file():
-        raise DataError(f"{source} not found: run `ldm train-tokenizer {cell_options(cell)}`")
-    return TokenizerQuality.from_metrics(json.loads(source.read_text()))
-
-
-def cell_costs(paths: Paths, cell: str) -> dict[str, StageCost]:
-    """What each stage this cell's generator depends on cost, shared stages included
-    (the reference features are measured once, and every cell's evaluation reads them)."""
-    stages = ["validate", "prepare", "reference"]
-    stages += [f"{s}@{cell}" for s in ("train_tokenizer", "encode", "train_diffusion")]
-    costs = {}
-    for stage in stages:
-        source = paths.stage_metrics(stage)
-        if not source.is_file():
-            family, _, of = stage.partition("@")
-            command = " ".join([family.replace("_", "-"), *([cell_options(of)] if of else [])])
-            raise DataError(f"{source} not found: run `ldm {command}` first")
-        costs[stage] = StageCost.from_metrics(json.loads(source.read_text()))
-    return costs

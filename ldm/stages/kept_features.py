@@ -38,10 +38,16 @@ def reference_features(paths: Paths, split: str, network: str) -> tuple[np.ndarr
     return features, labels
 
 
-def evaluation_features(paths: Paths, cell: str, network: str) -> dict[str, np.ndarray]:
+def evaluation_features(paths: Paths, cell: str, network: str) -> dict[str, np.ndarray | None]:
     """The features `evaluate@<cell>` kept: `generated` (row j from the j-th fixed noise and
-    label), `labels` (empty without classes) and `untrained` (decoded N(0, I) latents)."""
+    label), `labels` (empty without classes), `untrained` (decoded N(0, I) latents) and
+    `reconstructed` (row i: the tokenizer's reconstruction of val image i, paired with row i of
+    the reference's val features; None in evaluations from before it)."""
+    import numpy as np
+
     names = ("generated", "labels", "untrained")
     source = paths.evaluation(cell) / "features.npz"
     found = kept(source, network, f"ldm evaluate {cell_options(cell)}", names)
-    return dict(zip(names, found, strict=True))
+    with np.load(source, allow_pickle=False) as stored:
+        reconstructed = stored.get("reconstructed")  # a lazy Mapping: read here, while open
+    return dict(zip(names, found, strict=True)) | {"reconstructed": reconstructed}

@@ -135,7 +135,7 @@ def report_features(cfg: Config, paths: Paths, cells: list[EvaluateRecord]) -> R
     replicates: dict[str, list[Replicate]] = {}
     for record in cells:
         kept = evaluation_features(paths, record.cell, network)
-        replicate = Replicate(kept["generated"], kept["untrained"])
+        replicate = Replicate(kept["generated"], kept["untrained"], kept["reconstructed"])
         replicates.setdefault(record.variant, []).append(replicate)
     bootstrap = cells[0].uncertainty
     for record in cells:  # one resampling for every cell, as the comparison assumes
