@@ -8,7 +8,7 @@ minus the stages' own: process starts, DVC, Prefect, MLflow), and the re-run. A 
 timed before and after the trial (training steps of the default tokenizer and DiT sizes) says how
 fast this machine was meanwhile, since a shared machine's speed drifts from day to day.
 
-    .venv/bin/python bench/trial_time.py [--keep DIR] [--set section.key=value ...]
+    .venv/bin/python bench/trial_time.py [--keep DIR] [--preset NAME] [--set section.key=value ...]
     .venv/bin/python bench/trial_time.py --data ~/images   # a trial on your own images
     .venv/bin/python bench/trial_time.py --smoke     # a toy trial: the wiring, not the timing
 
@@ -152,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--preset", help="a preset's values (presets/NAME.yaml) as --set values")
     parser.add_argument("--data", type=Path, help="trial these images (default: the sample)")
     parser.add_argument("--log", type=Path, help="write both runs' output into this folder")
     parser.add_argument("--smoke", action="store_true", help="a toy trial: the wiring only")
@@ -164,6 +165,8 @@ def main() -> None:
         if args.data is not None:
             copy_images(args.data, folder)
         overrides = smoke_overrides(folder) if args.smoke else []
+        if args.preset:
+            overrides += preset_overrides(folder, args.preset)
         overrides += args.overrides
         probe_before = probe_seconds(probe)
         extra = [a for o in overrides for a in ("--set", o)]
@@ -191,6 +194,14 @@ def main() -> None:
         print("note: the re-run ran stages:\n" + rerun_output)
     if args.smoke:
         print(f"smoke run: a toy trial ({len(SMOKE)} settings of SMOKE), not the default one")
+
+
+def preset_overrides(project: Path, name: str) -> list[str]:
+    """`ldm preset NAME`'s values, as --set values of the timed run."""
+    from ldm.params_file import preset_values
+
+    values = preset_values(project / "presets", name)
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
 def smoke_overrides(project: Path) -> list[str]:

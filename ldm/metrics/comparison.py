@@ -162,3 +162,49 @@ def kid_by_subset(
         for name, reps in variants.items():
             out[name][i] = np.mean([polynomial_mmd2(real, r.generated[rows]) for r in reps])
     return out
+
+
+@dataclass(frozen=True)
+class ReconstructionDraws:
+    """A variant's rFD (its reconstructions against the val rows): the point (mean over
+    seeds), each seed's own, and every shared draw's value."""
+
+    rfd: float
+    seed_rfds: tuple[float, ...]
+    draws: np.ndarray  # (draws,)
+
+
+def reconstruction_draws(
+    val: np.ndarray,
+    variants: dict[str, Sequence[np.ndarray]],
+    resampling: Resampling,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, ReconstructionDraws]:
+    """Every variant's rFD in each of `resampling.draws` shared draws. Row i of every
+    reconstruction set is val image i decoded by that variant's tokenizer, so one draw picks
+    one set of image indices for the val rows and every variant's reconstructions alike: the
+    same images in both terms of a difference. Seeds are resampled first, as in `joint_draws`;
+    `progress(1)` after each draw."""
+    val = as_features(val)
+    sizes = {len(rows) for reps in variants.values() for rows in reps}
+    if sizes != {len(val)}:
+        raise DataError(
+            f"reconstruction rows {sorted(sizes)} do not match the {len(val)} val rows: run "
+            "`ldm evaluate` again for every cell"
+        )
+    fds = {n: [ResampledFrechet(val, as_features(r)) for r in reps] for n, reps in variants.items()}
+    rng = np.random.default_rng(resampling.seed)
+    out = {name: np.empty(resampling.draws) for name in variants}
+    with single_threaded_blas():
+        for i in range(resampling.draws):
+            rows = resample(rng, len(val))
+            for name, reps in fds.items():
+                picked = [0] if len(reps) == 1 else resample(rng, len(reps))
+                values = {int(s): reps[int(s)](rows, rows) for s in set(int(s) for s in picked)}
+                out[name][i] = np.mean([values[int(s)] for s in picked])
+            progress(1)
+    found = {}
+    for name, reps in variants.items():
+        seed_rfds = tuple(frechet_distance_between(val, r) for r in reps)
+        found[name] = ReconstructionDraws(float(np.mean(seed_rfds)), seed_rfds, out[name])
+    return found

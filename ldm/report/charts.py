@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ldm.records import ConvergenceCurve, EvaluateRecord, Interval
+from ldm.report.grid import Dilemma
 from ldm.report.paper import TABLE_2
 from ldm.report.projection import UNITS
 from ldm.report.summary import Projection, fmt
@@ -272,4 +273,50 @@ def convergence_chart(
     axes[0].set_title(
         f"Generation quality against generator compute{band}", loc="left", fontsize=10
     )
+    _save(fig, path)
+
+
+def dilemma_chart(dilemma: Dilemma, feature_net: str, path: Path) -> None:
+    """Reconstruction and generation against the latent width d, one line per regulariser,
+    each point with its interval: where the lines part, the regulariser changes the dilemma."""
+    from ldm.report.dilemma import regulariser_order
+
+    fig = _figure(12, 4.8)
+    axes = fig.subplots(1, 2)
+    regularisers = sorted({p.regulariser for p in dilemma.grid}, key=regulariser_order)
+    widths = sorted({p.width for p in dilemma.grid})
+    panels = (("rfd", "rFD: reconstructions vs originals"), ("gfd", "gFD: generated vs val"))
+    for ax, (number, title) in zip(axes, panels, strict=True):
+        for i, regulariser in enumerate(regularisers):
+            colour, marker = style(i)
+            points = sorted(
+                (p for p in dilemma.grid if p.regulariser == regulariser and getattr(p, number)),
+                key=lambda p: p.width,
+            )
+            # a small sideways shift per regulariser, so that overlapping bars stay apart
+            xs = [p.width * 2 ** (0.04 * (i - (len(regularisers) - 1) / 2)) for p in points]
+            ys = [getattr(p, number) for p in points]
+            lo = [getattr(p, f"{number}_lo") for p in points]
+            hi = [getattr(p, f"{number}_hi") for p in points]
+            ax.plot(xs, ys, color=colour, marker=marker, lw=1.5, label=regulariser)
+            if all(v is not None for v in lo + hi):
+                below = [max(y - low, 0.0) for y, low in zip(ys, lo, strict=True)]
+                above = [max(high - y, 0.0) for y, high in zip(ys, hi, strict=True)]
+                ax.errorbar(
+                    xs, ys, yerr=[below, above], fmt="none", ecolor=colour, capsize=4, lw=1.2
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.minorticks_off()
+        ax.set_xlabel("latent channels d (log scale)")
+        ax.set_ylabel(f"{number[0]}FD ({feature_net}), lower is better")
+        ax.set_title(title, loc="left", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"Does a wider latent pay off? Bars: {dilemma.level:.0%} bootstrap intervals",
+        x=0.01,
+        ha="left",
+        fontsize=10,
+    )
+    _legend_beside(axes[1])
     _save(fig, path)

@@ -17,7 +17,13 @@ from ldm.report.diagnostics import diagnostics_section
 from ldm.report.paper import PAPER_SETUP, PAPER_SOURCE, TABLE_2
 from ldm.report.projection import INTERVAL, UNITS
 from ldm.report.summary import ABSENT, ReportSummary, fmt, interval_note, usd, with_interval
-from ldm.report.tables import cost_section, gates_section, per_class_section, speed_section
+from ldm.report.tables import (
+    cost_section,
+    dilemma_section,
+    gates_section,
+    per_class_section,
+    speed_section,
+)
 from ldm.report.text import escape, percent, table
 
 TRADEOFF_PNG = "tradeoff.png"
@@ -365,6 +371,7 @@ def markdown(inputs: ReportInputs, image: Callable[[str], str]) -> str:
         _header(s),
         _verdict(s),
         _glance(s),
+        dilemma_section(s, image),
         diagnostics_section(inputs.records),
         per_class_section(inputs.records),
         _tradeoff(s, image),

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ldm.records import Interval
+from ldm.report.grid import Dilemma
 
 ABSENT = "—"  # a number nothing measured; never shown as 0
 
@@ -165,6 +166,9 @@ class ReportSummary(Model):
     trial_usd: float  # every stage counted once (shared stages are in each variant's total)
     variants: list[VariantSummary]
     files: list[str]  # what the report folder holds
+    # A grid of two or more latent widths: does a wider latent pay off, which regulariser at
+    # each width, which latent space to pick (ldm/report/dilemma.py); None otherwise.
+    dilemma: Dilemma | None = None
 
     @classmethod
     def read(cls, path: Path) -> ReportSummary:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ldm.records import EvaluateRecord, StageCost
 from ldm.report.projection import UNITS
 from ldm.report.summary import ABSENT, ReportSummary, VariantSummary, fmt, usd
 from ldm.report.text import escape, percent, table, wall
+from ldm.report.verdicts import BRIEF_MODEL
 
 
 def _stage_rows(stages: dict[str, StageCost]) -> list[list[str]]:
@@ -160,5 +163,69 @@ def per_class_section(records: list[EvaluateRecord]) -> str:
             "bootstrap interval: a class has a few dozen images on each side, so these read far "
             "above the overall gFD and vary more; compare a class across variants, not "
             "classes with each other.",
+        ]
+    )
+
+
+DILEMMA_PNG = "dilemma.png"  # drawn only for a grid of two or more latent widths
+
+
+def _number(value: float | None, lo: float | None, hi: float | None) -> str:
+    if value is None:
+        return ABSENT
+    return fmt(value) + ("" if lo is None or hi is None else f" [{fmt(lo)}..{fmt(hi)}]")
+
+
+def dilemma_section(s: ReportSummary, image: Callable[[str], str]) -> str:
+    """The three questions of a grid of widths and regularisers, each answered with the paired
+    verdicts and, where the trial cannot tell, the price of one that could."""
+    d = s.dilemma
+    if d is None:
+        return ""
+    from ldm.report.dilemma import regulariser_order
+
+    points = sorted(d.grid, key=lambda p: (p.width, regulariser_order(p.regulariser)))
+    rows = [
+        [
+            escape(p.variant),
+            f"f{p.downsampling}",
+            str(p.width),
+            escape(p.regulariser),
+            _number(p.rfd, p.rfd_lo, p.rfd_hi),
+            _number(p.gfd, p.gfd_lo, p.gfd_hi),
+        ]
+        for p in points
+    ]
+    net = s.variants[0].gfd_net
+    plans = [f"- {escape(a.text)}." + (f" {escape(a.plan)}" if a.plan else "") for a in d.wider]
+    tops = [f"- {escape(w.text)}" + (f" {escape(w.plan)}" if w.plan else "") for w in d.per_width]
+    return "\n".join(
+        [
+            "## Which latent space: the reconstruction-vs-generation dilemma",
+            "",
+            f"![Reconstruction and generation against latent width]({image(DILEMMA_PNG)})",
+            "",
+            table(["variant", "f", "d", "regulariser", f"rFD ({net})", f"gFD ({net})"], rows),
+            "",
+            f"**Does a wider latent pay off here?** {escape(d.wider_text)}",
+            "",
+            *plans,
+            "",
+            "**Which regulariser pays off at each d?**",
+            "",
+            *(tops or ["- No width has two or more variants."]),
+            "",
+            f"**Which latent space would we pick, at what cost?** {escape(d.pick_text)}"
+            + (f" {escape(d.pick_plan)}" if d.pick_plan else ""),
+            "",
+            f"The plans' model: {escape(BRIEF_MODEL)}",
+            "",
+            "How to read it: rFD compares each tokenizer's reconstructions of the validation "
+            "images with the images themselves, gFD the generated images with them; lower is "
+            "better for both. A gap reads wider minus narrower, over the same images, with its "
+            f"{percent(d.level)} paired interval (with one seed widened by an assumed "
+            "retraining spread, as in the verdicts). A wider latent that reconstructs better but "
+            "generates worse is the paper's dilemma; a regulariser pays off when it closes that "
+            "gap: its variant sits in the top set of its width.",
         ]
     )

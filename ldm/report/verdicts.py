@@ -146,8 +146,22 @@ def top_set(candidates: list[VariantSummary], comparisons: list[Comparison]) -> 
     ]
 
 
+# The planner's model in general terms, for a page that shows several plans (each then names
+# only its own s_w and S).
+BRIEF_MODEL = (
+    "n seeds per variant measure a gap to √(s_w² + S²/n), with s_w the evaluation's noise (the "
+    "same images for every seed, so seeds do not average it) and S one seed's retraining spread "
+    "of the gap, measured over the seeds or, with one seed, assumed (report.seed_spread_prior, "
+    "by default one gFD's bootstrap spread)."
+)
+
+
 def plan(
-    comparison: Comparison, better: VariantSummary, worse: VariantSummary, num_samples: int
+    comparison: Comparison,
+    better: VariantSummary,
+    worse: VariantSummary,
+    num_samples: int,
+    brief: bool = False,
 ) -> str:
     """What a trial that tells these two apart would need and cost, in one paragraph.
 
@@ -175,8 +189,11 @@ def plan(
         if comparison.retraining_assumed
         else f"measured over {ran} seeds"
     )
+    how = "assumed" if comparison.retraining_assumed else "measured"
     model = (
-        f"Model: n seeds per variant measure the gap to √(s_w² + S²/n), with s_w = {fmt(s_w)} "
+        f"(s_w = {fmt(s_w)}, S = {fmt(big_s)} {how})"
+        if brief
+        else f"Model: n seeds per variant measure the gap to √(s_w² + S²/n), with s_w = {fmt(s_w)} "
         f"the evaluation's noise (the same images for every seed, so seeds do not average it) "
         f"and S = {fmt(big_s)} one seed's retraining spread of the gap, {source}."
     )

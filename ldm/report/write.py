@@ -11,19 +11,23 @@ from ldm.config import CostConfig, GatesConfig, ReportConfig
 from ldm.errors import LdmError
 from ldm.files import swap_in
 from ldm.records import ConvergenceCurve, EvaluateRecord, trial_cost
-from ldm.report.charts import convergence_chart, tradeoff_chart
+from ldm.report.charts import convergence_chart, dilemma_chart, tradeoff_chart
+from ldm.report.dilemma import build as build_dilemma
 from ldm.report.document import CONVERGENCE_PNG, TRADEOFF_PNG, ReportInputs, markdown
 from ldm.report.features import ReportFeatures
 from ldm.report.html import data_uri, to_html
 from ldm.report.projection import curve_size_shift, project
 from ldm.report.recommend import check_inputs, recommend, summarise_variant
 from ldm.report.summary import ReportHeader, ReportSummary
+from ldm.report.tables import DILEMMA_PNG
 from ldm.report.verdicts import compared, plan_for
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 SUMMARY_JSON = "summary.json"
 FILES = (REPORT_MD, REPORT_HTML, TRADEOFF_PNG, CONVERGENCE_PNG, SUMMARY_JSON)
+# A variant's place in the grid: (f, d, regulariser), see ldm.report.dilemma.grid_point_of.
+Grid = dict[str, tuple[int, int, str]]
 
 
 def price_per_hour(compute_unit: str, prices: CostConfig) -> float:
@@ -45,8 +49,11 @@ def summarise(
     gates: GatesConfig,
     prices: CostConfig,
     header: ReportHeader,
+    grid: Grid | None = None,
 ) -> ReportSummary:
-    """Every number and the verdict, without writing anything."""
+    """Every number and the verdict, without writing anything. `grid` places each variant in
+    the dilemma's grid; None (records without a config, as in a report rebuilt from files):
+    no dilemma section."""
     check_inputs(records, curves)
     variants = []
     for record in records:
@@ -65,6 +72,17 @@ def summarise(
         variants.append(summarise_variant(record, gates, projection))
     comparisons = compared(features, report.min_effect, report.seed_spread_prior)
     verdict = recommend(variants, comparisons)
+    num_samples = records[0].generation.num_samples
+    dilemma = build_dilemma(
+        grid or {},
+        {v.variant: v for v in variants},
+        comparisons,
+        reconstructions(features, grid or {}),
+        features.level,
+        report.min_effect,
+        num_samples,
+        (verdict.recommended, verdict.headline, verdict.top_set),
+    )
     return ReportSummary(
         header=header,
         target_fd=report.target_fd,
@@ -79,13 +97,33 @@ def summarise(
             verdict.top_set,
             variants,
             comparisons,
-            records[0].generation.num_samples,
+            num_samples,
         ),
         failed_gates=verdict.failed,
         trial_usd=trial_cost(records).usd,
         variants=variants,
-        files=list(FILES),
+        files=list(FILES) + ([DILEMMA_PNG] if dilemma else []),
+        dilemma=dilemma,
     )
+
+
+def reconstructions(features: ReportFeatures, grid: Grid) -> dict | None:
+    """Every variant's rFD in shared draws, for a grid of two or more widths whose evaluations
+    kept their reconstruction rows; None otherwise."""
+    from ldm.metrics.bootstrap import Resampling
+    from ldm.metrics.comparison import reconstruction_draws
+    from ldm.progress import progress_bar
+
+    rows = {
+        name: [r.reconstructed for r in replicates]
+        for name, replicates in features.variants.items()
+    }
+    widths = {d for _, d, _ in grid.values()}
+    if len(widths) < 2 or any(r is None for found in rows.values() for r in found):
+        return None
+    resampling = Resampling(features.draws, features.level, features.seed)
+    with progress_bar("reconstruction draws", features.draws) as advance:
+        return reconstruction_draws(features.val, rows, resampling, advance)
 
 
 def write_report(
@@ -98,11 +136,12 @@ def write_report(
     gates: GatesConfig,
     prices: CostConfig,
     header: ReportHeader,
+    grid: Grid | None = None,
 ) -> ReportSummary:
     """Write `out_dir` (report.md, report.html, the PNG charts, summary.json) and return the
     summary. The files are built in a sibling folder and swapped in whole, so a failure leaves
     the previous report as it was."""
-    summary = summarise(records, curves, features, report, gates, prices, header)
+    summary = summarise(records, curves, features, report, gates, prices, header, grid)
     inputs = ReportInputs(records=records, curves=curves, report=report, summary=summary)
     projections = {v.variant: v.projection for v in summary.variants}
 
@@ -113,6 +152,8 @@ def write_report(
     try:
         tradeoff_chart(records, tmp / TRADEOFF_PNG)
         convergence_chart(records, curves, projections, report.target_fd, tmp / CONVERGENCE_PNG)
+        if summary.dilemma is not None:
+            dilemma_chart(summary.dilemma, records[0].generation.feature_net, tmp / DILEMMA_PNG)
         (tmp / REPORT_MD).write_text(markdown(inputs, lambda name: name), encoding="utf-8")
         page = markdown(inputs, lambda name: data_uri(tmp / name))
         title = f"Trial report: {header.trial}"
