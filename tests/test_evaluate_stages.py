@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from ldm.cli import app
 from ldm.paths import Paths
 from ldm.records import EvaluateRecord
+from ldm.stages.diagnostics import NOISE_SIGMAS
 from ldm.tokenizer.model import TokenizerArch
 from tests.stage_run import TinyTrial
 
@@ -96,7 +97,8 @@ def check_diagnostics(record: EvaluateRecord, paths: Paths, cell: str) -> None:
     assert len(found.channel_mean) == len(found.channel_std) == channels
     assert all(s > 0 for s in found.channel_std)
     # not asserted: that rFD grows with σ (a tiny decoder need not be monotone in it)
-    assert set(found.noisy_rfd) == set(found.noisy_rfd_intervals) == {"0", "0.1", "0.25", "0.5"}
+    keys = {f"{sigma:g}" for sigma in NOISE_SIGMAS}
+    assert set(found.noisy_rfd) == set(found.noisy_rfd_intervals) == keys
     for sigma, rfd in found.noisy_rfd.items():
         interval = found.noisy_rfd_intervals[sigma]
         assert math.isfinite(rfd) and rfd >= 0
@@ -105,8 +107,8 @@ def check_diagnostics(record: EvaluateRecord, paths: Paths, cell: str) -> None:
         val = np.load(paths.reference / "val.npz")["features"]
         assert kept["reconstructed"].shape == val.shape
     metrics = record.metrics()
-    assert metrics["diagnostics/noisy_rfd/0.1"] == found.noisy_rfd["0.1"]
-    assert metrics["diagnostics/noisy_rfd/0.1_lo"] == found.noisy_rfd_intervals["0.1"].lo
+    assert metrics["diagnostics/noisy_rfd/0.25"] == found.noisy_rfd["0.25"]
+    assert metrics["diagnostics/noisy_rfd/0.25_lo"] == found.noisy_rfd_intervals["0.25"].lo
     assert metrics["diagnostics/channel_std_max"] == max(found.channel_std)
 
 
