@@ -142,3 +142,45 @@ def test_a_trial_of_one_width_has_no_dilemma_section(tmp_path: Path) -> None:
     assert summary.dilemma is None and "dilemma.png" not in summary.files
     assert not (tmp_path / "r" / "dilemma.png").exists()
     assert "Which latent space" not in (tmp_path / "r" / "report.md").read_text()
+
+
+def answer(regulariser: str, rfd_gap: float, rfd_detectable: bool, pays: bool | None):
+    from ldm.report.grid import Gap, WidthAnswer
+
+    def gap(number: str, diff: float, detectable: bool) -> Gap:
+        lo, hi = (diff - 1, diff + 1) if detectable else (diff - 9, diff + 9)
+        return Gap(
+            number=number,
+            narrow="n",
+            wide="w",
+            difference=diff,
+            lo=lo,
+            hi=hi,
+            detectable=detectable,
+        )
+
+    gen = gap("gFD", {True: -5.0, False: 5.0, None: 0.5}[pays], pays is not None)
+    return WidthAnswer(
+        regulariser=regulariser,
+        narrow="n",
+        wide="w",
+        narrow_width=8,
+        wide_width=32,
+        reconstruction=gap("rFD", rfd_gap, rfd_detectable),
+        generation=gen,
+        pays_off=pays,
+        text="",
+        plan=None,
+    )
+
+
+def test_the_dilemma_is_named_only_where_both_directions_are_real() -> None:
+    from ldm.report.dilemma import wider_text
+
+    text = wider_text([answer("plain", -4.0, True, False), answer("VF", -0.8, False, False)])
+    # plain reconstructs detectably better and generates worse: the dilemma; VF's rFD gain is
+    # within its noise, so VF only generates worse
+    assert "worse with plain, VF (while reconstructing better with plain: the paper's" in text
+    text = wider_text([answer("equivariance", 1.0, False, True), answer("VF", 0.0, False, None)])
+    assert text.startswith("A wider latent generates detectably better with equivariance")
+    assert "cannot tell with VF" in text and "dilemma" not in text

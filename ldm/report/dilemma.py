@@ -178,7 +178,10 @@ def wider_text(answers: Sequence[WidthAnswer]) -> str:
         dilemma = [
             a.regulariser
             for a in answers
-            if a.pays_off is False and a.reconstruction and a.reconstruction.difference < 0
+            if a.pays_off is False
+            and a.reconstruction
+            and a.reconstruction.detectable
+            and a.reconstruction.difference < 0
         ]
         parts.append(
             f"it generates detectably worse with {', '.join(costs)}"
