@@ -202,3 +202,15 @@ def test_a_relative_fd_without_a_span_gets_no_interval() -> None:
     estimates = generation_estimates(val, gen, train, train, 2, Resampling(20, 0.9, 0))
     assert "relative_fd" not in estimates
     assert {"fd", "fd_train_val", "fd_random_latents", "precision"} <= set(estimates)
+
+
+def test_an_interval_cut_to_its_range_still_holds_its_point() -> None:
+    from ldm.metrics.bootstrap import Estimate
+    from ldm.metrics.uncertainty import within
+
+    # a recall of 0: every draw >= 0, so the bias shift carried both ends below 0
+    at_bound = Estimate(point=0.0, se=1e-4, bias=3e-4, lo=-3e-4, hi=-2e-4, level=0.9, draws=50)
+    cut = within(at_bound, 0.0, 1.0)
+    assert (cut.lo, cut.hi) == (0.0, 0.0)
+    inside = Estimate(point=0.5, se=0.1, bias=0.0, lo=0.3, hi=1.2, level=0.9, draws=50)
+    assert (within(inside, 0.0, 1.0).lo, within(inside, 0.0, 1.0).hi) == (0.3, 1.0)

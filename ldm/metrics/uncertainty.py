@@ -241,8 +241,11 @@ def generation_estimates(
 
 
 def within(estimate: Estimate, lowest: float, highest: float) -> Estimate:
-    """The estimate with its interval cut to the values the metric can take."""
-    lo, hi = max(estimate.lo, lowest), min(estimate.hi, highest)
+    """The estimate with its interval cut to the values the metric can take, never leaving
+    out the point itself: a statistic at its bound (a recall of 0) has draws on one side only,
+    so the bias shift moves both ends past the bound (`0 [0..-0.0002]`)."""
+    lo = max(min(estimate.lo, estimate.point), lowest)
+    hi = min(max(estimate.hi, estimate.point), highest)
     return replace(estimate, lo=lo, hi=hi)
 
 
