@@ -15,9 +15,8 @@ from ldm.errors import DataError
 from ldm.metrics.bootstrap import Resampling
 from ldm.metrics.comparison import Replicate, reconstruction_draws
 from ldm.report import write_report
-from ldm.report.dilemma import grid_point_of
+from ldm.report.dilemma import grid_of, grid_point_of
 from ldm.report.features import ReportFeatures
-from ldm.stages.report import grid_of
 from tests.test_report import HEADER, PRICES, REPORT, falling_curve, gates, make_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +28,7 @@ def test_the_dilemma_preset_writes_eight_variants_that_validate() -> None:
 
     values = preset_values(REPO / "presets", "dilemma")
     cfg = config.load(REPO / "params.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()])
-    grid = grid_of(cfg)
+    grid = grid_of(cfg.variants)
     assert len(grid) == 8 and cfg.trial.seeds == [0]
     regularisers = {"plain", "VF", "equivariance", "latent denoising"}
     assert set(grid.values()) == {(4, d, r) for d in (8, 32) for r in regularisers}

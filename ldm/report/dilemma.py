@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING
 
 from ldm.report.grid import Dilemma, Gap, GridPoint, WidthAnswer, WidthTopSet
 from ldm.report.summary import Comparison, VariantSummary, fmt, usd
-from ldm.report.verdicts import between, plan, top_set, z_of
+from ldm.report.verdicts import between, plan, top_set, widened
 
 if TYPE_CHECKING:
+    from ldm.config import VariantConfig
     from ldm.metrics.comparison import ReconstructionDraws
 
 PLAIN = "plain"
-# The order regularisers are listed and drawn in; combinations are named by joining these.
-REGULARISERS = ("VF", "equivariance", "latent denoising")
+# A variant's switches and the regulariser each names, in the order they are listed and drawn;
+# combinations are named by joining these.
+SWITCHES = {"align": "VF", "equivariance": "equivariance", "latent_denoising": "latent denoising"}
+REGULARISERS = tuple(SWITCHES.values())
 
 
 def reading(gap: Gap, narrow: float | None, wide: float | None) -> str:
@@ -56,6 +59,19 @@ def grid_point_of(
     return f, d, " + ".join(names) if names else PLAIN
 
 
+def grid_of(variants: dict[str, VariantConfig]) -> dict[str, tuple[int, int, str]]:
+    """Each variant's (f, d, regulariser), read off its own entry in `variants`."""
+    return {
+        name: grid_point_of(
+            name,
+            v.preset,
+            v.latent_channels,
+            {label: getattr(v, switch) for switch, label in SWITCHES.items()},
+        )
+        for name, v in variants.items()
+    }
+
+
 def regulariser_order(label: str) -> tuple[int, str]:
     return (label.count("+") + (label != PLAIN), label)
 
@@ -77,8 +93,7 @@ def reconstruction_gap(
     lo, hi = estimate.lo, estimate.hi
     if min(len(narrow.seed_rfds), len(wide.seed_rfds)) == 1:
         spread = math.hypot(float(narrow.draws.std(ddof=1)), float(wide.draws.std(ddof=1)))
-        se = math.hypot(estimate.se, spread)
-        lo, hi = estimate.point - z_of(level) * se, estimate.point + z_of(level) * se
+        lo, hi, _ = widened(estimate.point, estimate.se, spread, level)
     threshold = min_effect * min(narrow.rfd, wide.rfd)
     detectable = (lo > 0 or hi < 0) and abs(estimate.point) >= threshold
     return Gap(

@@ -27,6 +27,14 @@ def z_of(level: float) -> float:
     return NormalDist().inv_cdf((1.0 + level) / 2.0)
 
 
+def widened(point: float, se: float, spread: float, level: float) -> tuple[float, float, float]:
+    """(lo, hi, se) of a one-seed gap whose draws hold no retraining noise: `spread`, the
+    retraining spread assumed for it, added in quadrature to the draws' `se`, and the interval
+    point ± z·se at `level`."""
+    total = math.hypot(se, spread)
+    return point - z_of(level) * total, point + z_of(level) * total, total
+
+
 def gap_text(c: Comparison) -> str:
     """`gFD gap 0.4 [-2.8..3.3]`, what the interval holds, and why it does not count when it
     does not."""
@@ -99,8 +107,7 @@ def compare_all(
         assumed = min(len(a.seed_gfds), len(b.seed_gfds)) == 1
         lo, hi, se = gfd.lo, gfd.hi, gfd.se
         if assumed:  # widen by what the draws could not hold
-            se = math.hypot(gfd.se, spread)
-            lo, hi = gfd.point - z_of(level) * se, gfd.point + z_of(level) * se
+            lo, hi, se = widened(gfd.point, gfd.se, spread, level)
         draft = Comparison(
             better=better,
             worse=worse,

@@ -1,4 +1,5 @@
-"""The tokenizer over many latents or images, batch by batch, timed where a speed is reported."""
+"""The tokenizer's decoder over many latents, batch by batch, timed where a speed is reported
+(the encoder is timed in the diagnostics' pass over the val split, ldm/stages/diagnostics.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 
@@ -20,15 +20,3 @@ def decoded(tokenizer: Any, latents: torch.Tensor, batch: int, timed: bool = Fal
         for start in range(0, len(latents), batch):
             images.append(tokenizer.decode(latents[start : start + batch]).clamp(-1, 1).cpu())
     return (images, time.perf_counter() - started) if timed else images
-
-
-def time_encoding(tokenizer: Any, images: np.ndarray, batch: int, device: torch.device) -> float:
-    import torch
-
-    from ldm.data.batches import to_model_range
-
-    started = time.perf_counter()
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            tokenizer.encode(to_model_range(images[start : start + batch]).to(device))
-    return time.perf_counter() - started

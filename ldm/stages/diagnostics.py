@@ -47,10 +47,14 @@ def latent_diagnostics(
     val_features: np.ndarray,
     ev: EvaluateConfig,
     device: torch.device,
-) -> tuple[LatentDiagnostics, np.ndarray]:
-    """The diagnostics, and the features of Dec(z) at σ = 0 (row i: val image i, as row i of
+) -> tuple[LatentDiagnostics, np.ndarray, float]:
+    """The diagnostics, the features of Dec(z) at σ = 0 (row i: val image i, as row i of
     `val_features`, which the reference stage extracted from the same split in the same order:
-    `load_split` rows, batch by batch)."""
+    `load_split` rows, batch by batch), and the seconds encoding the split took: the pass
+    encodes every val image anyway, so the encoder's speed is timed here, not in a pass of its
+    own."""
+    import time
+
     import numpy as np
     import torch
 
@@ -68,13 +72,16 @@ def latent_diagnostics(
     mean, std = (s.view(1, -1, 1, 1) for s in (tokenizer.latent_mean, tokenizer.latent_std))
     features: dict[float, list[np.ndarray]] = {sigma: [] for sigma in NOISE_SIGMAS}
     latent_energy, image_energy, sums, squares = 0.0, 0.0, 0.0, 0.0
+    encode_seconds = 0.0
     with progress_bar("latent diagnostics", n * len(NOISE_SIGMAS), images_per_unit=1) as advance:
         for k, start in enumerate(range(0, n, ev.batch_size)):
             x = to_model_range(val_images[start : start + ev.batch_size])  # (B, 3, H, W)
             image_energy = image_energy + channel_energy(x.numpy())
+            started = time.perf_counter()
             with torch.no_grad():
                 raw = tokenizer.posterior(x.to(device)).mode()  # (B, d, h, w), unnormalised
-            as_array = raw.double().cpu().numpy()
+            as_array = raw.double().cpu().numpy()  # waits for the device: the encode's end
+            encode_seconds += time.perf_counter() - started
             latent_energy = latent_energy + channel_energy(as_array)
             sums = sums + as_array.sum(axis=(0, 2, 3))
             squares = squares + (as_array**2).sum(axis=(0, 2, 3))
@@ -102,7 +109,7 @@ def latent_diagnostics(
         noisy_rfd_intervals=intervals,
         feature_net=net.name,
     )
-    return diagnostics, rows[0.0]
+    return diagnostics, rows[0.0], encode_seconds
 
 
 def noisy_rfd(

@@ -34,7 +34,7 @@ from ldm.records import (
     VariantCost,
     total_cost,
 )
-from ldm.stages.codec import decoded, time_encoding
+from ldm.stages.codec import decoded
 from ldm.stages.diagnostics import latent_diagnostics
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.kept_features import reference_features
@@ -77,9 +77,9 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
     class_names = sorted(config["class_map"], key=config["class_map"].get)
     net = load_eval_features(ev.features, paths.local(ev.features_weights), ev.features_sha256)
     net = net.to(device)
-    n, batch = ev.num_samples, ev.batch_size
+    n = ev.num_samples
 
-    val_images, _ = load_split(paths.prepared, "val")  # for the encoder's speed
+    val_images, _ = load_split(paths.prepared, "val")  # the diagnostics, the encoder's speed
     val, val_labels = reference_features(paths, "val", net.name)
     train, _ = reference_features(paths, "train", net.name)
 
@@ -100,8 +100,9 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
         "generate and measure",
         MEASUREMENT_STREAM,
     )
-    encode_seconds = time_encoding(tokenizer, val_images, batch, device)
-    diagnostics, reconstructed = latent_diagnostics(tokenizer, net, val_images, val, ev, device)
+    diagnostics, reconstructed, encode_seconds = latent_diagnostics(
+        tokenizer, net, val_images, val, ev, device
+    )
 
     # The features stay with the evaluation (the report resamples them; no network reruns).
     paths.evaluation(cell).mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
 
     from ldm import tracking
     from ldm.report import ReportHeader, write_report
+    from ldm.report.dilemma import grid_of
     from ldm.report.seeds import merge_cells
     from ldm.tracking.registry import MAX_TAG_CHARS, Provenance
 
@@ -80,7 +81,7 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
         gates=cfg.promotion.gates,
         prices=cfg.cost,
         header=header,
-        grid=grid_of(cfg),
+        grid=grid_of(cfg.variants),
     )
     provenance = Provenance(
         run_id=os.environ.get(tracking.PARENT_RUN_ENV) or getattr(tracker, "run_id", ""),
@@ -123,21 +124,6 @@ def report(cfg: Config, paths: Paths, tracker: Tracker) -> StageResult:
 
     metrics = {"trial_usd": summary.trial_usd, "variants": float(len(records))}
     return StageResult(metrics, [], document=document)
-
-
-def grid_of(cfg: Config) -> dict[str, tuple[int, int, str]]:
-    """Each variant's (f, d, regulariser), read off its own entry in `variants`."""
-    from ldm.report.dilemma import grid_point_of
-
-    grid = {}
-    for name, v in cfg.variants.items():
-        flags = {
-            "VF": v.align,
-            "equivariance": v.equivariance,
-            "latent denoising": v.latent_denoising,
-        }
-        grid[name] = grid_point_of(name, v.preset, v.latent_channels, flags)
-    return grid
 
 
 def report_features(cfg: Config, paths: Paths, cells: list[EvaluateRecord]) -> ReportFeatures:
