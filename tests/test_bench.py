@@ -48,6 +48,7 @@ def smoke(script: str, cwd: Path, timeout: float, *args: str) -> str:
         ("tokenizer_throughput.py", ["max |ours - diffusers|", "ratio ours/diffusers"]),
         ("validate_throughput.py", ["8/8 accepted", "summary: scan"]),
         ("fd_bootstrap.py", ["covariance  frechet_distance", "draws/s", "summary: rows route"]),
+        ("feature_throughput.py", ["whole batch", "micro-batches", "summary: CPU_MICRO_BATCH"]),
     ],
 )
 def test_throughput_scripts_print_their_comparison(

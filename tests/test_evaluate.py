@@ -26,6 +26,7 @@ from ldm.metrics.frechet import (
 )
 from ldm.metrics.manifold import precision_recall_density_coverage
 from ldm.metrics.pixels import PSNR_CAP_DB, psnr, ssim
+from ldm.pretrained import base
 from ldm.pretrained.features import load_eval_features
 from ldm.records import TokenizerQuality
 
@@ -88,6 +89,23 @@ def test_effnet_lite2_features_load_offline() -> None:
     with torch.no_grad():
         f = net(smooth_images(2))
     assert f.shape == (2, net.dim) and torch.isfinite(f).all()
+
+
+def test_feature_nets_take_cpu_batches_in_micro_batches_with_the_same_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = load_eval_features("effnet_lite2", None)
+    seen: list[int] = []
+    whole_batch = net.pooled
+    monkeypatch.setattr(net, "pooled", lambda x: seen.append(len(x)) or whole_batch(x))
+    monkeypatch.setattr(base, "CPU_MICRO_BATCH", 2)
+    images = smooth_images(5)
+    with torch.no_grad():
+        split = net(images)
+        whole = whole_batch(images)
+    assert seen == [2, 2, 1]  # in order, the last one short
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(split[0], split[1])  # rows are the images', not one repeated
 
 
 @pytest.mark.parametrize("name", ["inception", "dinov2_vitl14"])

@@ -88,7 +88,7 @@ class DinoV2Features(FeatureNet):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() + 1.0) / 2.0  # (B, 3, H, W) in [0, 1]
         size = (EVAL_SIZE, EVAL_SIZE)
         # antialiased bicubic, clamped, as PIL's BICUBIC resize of a saved image gives

@@ -167,7 +167,7 @@ class EffnetLite2Features(FeatureNet):
         super().__init__()
         self.net = load_effnet_lite("lite2")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(
             x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
         )

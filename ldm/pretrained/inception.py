@@ -30,7 +30,7 @@ class InceptionFeatures(FeatureNet):
             self.net = inception.InceptionV3([3], resize_input=True, normalize_input=True)
         self.net.eval().requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x + 1.0) / 2.0)[0].flatten(1)  # it takes [0, 1]; (B, 2048)
 
 
