@@ -33,6 +33,8 @@ bench: $(STAMP)  ## the quick CPU benchmarks, one after the other (not part of t
 	$(BIN)/python bench/tokenizer_throughput.py
 	@echo "== bench/fd_bootstrap.py: Frechet distance from the rows against the covariances, and its bootstrap"
 	$(BIN)/python bench/fd_bootstrap.py
+	@echo "== bench/feature_throughput.py: evaluation features in CPU micro-batches against whole batches"
+	$(BIN)/python bench/feature_throughput.py
 	@echo "== not run here: bench/memory.py, bench/trial_time.py, bench/gpu_check.sh (see each)"
 
 lint: $(STAMP)
