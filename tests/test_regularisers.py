@@ -236,6 +236,9 @@ def test_the_stage_trains_and_releases_a_regularised_variant(prepared_copy: Path
     assert result.exit_code == 0, result.output + result.stderr
     paths = Paths(prepared_copy)
     assert (paths.tokenizer("reg-0") / "model.safetensors").is_file()
+    released = json.loads((paths.tokenizer("reg-0") / "config.json").read_text())
+    assert released["regularisers"]["latent_denoising"]["mask"] is True
+    assert released["regularisers"]["equivariance"]["share"] == 1.0
     state = checkpoint.latest_state(paths.work("train_tokenizer@reg-0")) / "state.pt"
     identity = json.loads(torch.load(state, weights_only=True)["identity"])
     assert {"equivariance", "latent_denoising"} <= set(identity)

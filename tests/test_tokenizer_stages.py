@@ -43,6 +43,7 @@ def test_both_variants_release_a_self_describing_tokenizer(tiny_trial: TinyTrial
         assert config["variant"] == variant and config["seed"] == 0
         assert len(config["latent_std"]) == 8
         assert config["steps"] == 4  # the same budget for both
+        assert config["regularisers"] == {}  # neither uses equivariance or latent denoising
         model = load_tokenizer(folder)  # rebuilt from the folder alone
         z = model.encode(torch.zeros(2, 3, 16, 16))
         assert z.shape == (2, 8, 4, 4)

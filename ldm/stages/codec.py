@@ -1,22 +1,32 @@
-"""The tokenizer's decoder over many latents, batch by batch, timed where a speed is reported
-(the encoder is timed in the diagnostics' pass over the val split, ldm/stages/diagnostics.py)."""
+"""The tokenizer's decoder over normalised latents: one batch at a time, so that evaluating
+50,000 samples at 256 px never holds their pixels at once (the encoder is timed in the
+diagnostics' pass over the val split, ldm/stages/diagnostics.py)."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
 
-def decoded(tokenizer: Any, latents: torch.Tensor, batch: int, timed: bool = False) -> Any:
-    """Images in [-1, 1] (a list of CPU batches) of normalised latents; with the seconds
-    decoding took when `timed`."""
+def decode_batch(tokenizer: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1], on the CPU, of one batch of normalised latents."""
     import torch
 
-    images, started = [], time.perf_counter()
     with torch.no_grad():
-        for start in range(0, len(latents), batch):
-            images.append(tokenizer.decode(latents[start : start + batch]).clamp(-1, 1).cpu())
-    return (images, time.perf_counter() - started) if timed else images
+        return tokenizer.decode(latents).clamp(-1, 1).cpu()
+
+
+class DecodedLatents:
+    """Latents read as images: a slice of rows decodes those rows, and nothing is kept. With
+    `ldm.metrics.extract.batches_of` it feeds a feature network batch by batch."""
+
+    def __init__(self, tokenizer: Any, latents: torch.Tensor) -> None:
+        self.tokenizer, self.latents = tokenizer, latents
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return decode_batch(self.tokenizer, self.latents[rows])  # (b, 3, H, W)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ldm.config import EvaluateConfig
 from ldm.errors import DataError
 from ldm.records import Interval, LatentDiagnostics
-from ldm.stages.codec import decoded
+from ldm.stages.codec import decode_batch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,7 +90,7 @@ def latent_diagnostics(
             generator = torch.Generator(device).manual_seed(stream_seed(ev.seed, k, NOISE_STREAM))
             eps = torch.randn(z.shape, generator=generator, device=device)
             for sigma in NOISE_SIGMAS:
-                (images,) = decoded(tokenizer, z + sigma * eps, len(z))
+                images = decode_batch(tokenizer, z + sigma * eps)
                 with torch.no_grad():
                     features[sigma].append(net(images.to(device)).double().cpu().numpy())
                 advance(len(z))

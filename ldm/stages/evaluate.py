@@ -34,7 +34,7 @@ from ldm.records import (
     VariantCost,
     total_cost,
 )
-from ldm.stages.codec import decoded
+from ldm.stages.codec import DecodedLatents, decode_batch
 from ldm.stages.diagnostics import latent_diagnostics
 from ldm.stages.inputs import released_tokenizer
 from ldm.stages.kept_features import reference_features
@@ -59,7 +59,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
 
     from ldm.data.prepare import load_split
     from ldm.generate import image_grid, load_diffusion
-    from ldm.metrics.extract import extract_features
+    from ldm.metrics.extract import batches_of, extract_features
     from ldm.metrics.frechet import frechet_distance_per_class
     from ldm.pretrained.features import load_eval_features
 
@@ -85,7 +85,7 @@ def evaluate(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> StageRes
 
     generator = torch.Generator(device).manual_seed(ev.seed)
     noise = torch.randn((n, *tokenizer.latent_shape), generator=generator, device=device)
-    untrained = extract_features(net, decoded(tokenizer, noise, sc.batch_size))
+    untrained = extract_features(net, batches_of(DecodedLatents(tokenizer, noise), sc.batch_size))
 
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
     scale, selection = choose_guidance(model, tokenizer, net, labels, cfg, device, train)
@@ -346,8 +346,9 @@ def generate_and_measure(
                 sc.batch_size,
             )
             timing["sample"] += time.perf_counter() - started
-            (images,), seconds = decoded(tokenizer, latents, sc.batch_size, timed=True)
-            timing["decode"] += seconds
+            started = time.perf_counter()
+            images = decode_batch(tokenizer, latents)  # on the CPU: the device has finished
+            timing["decode"] += time.perf_counter() - started
             with torch.no_grad():
                 features.append(net(images.to(device)).double().cpu().numpy())
             pictures = to_uint8(images)  # (b, H, W, 3)

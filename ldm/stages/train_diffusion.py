@@ -124,12 +124,12 @@ def train_diffusion(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> S
         run.probe = convergence_probe(cfg, paths, tokenizer, num_classes, device)
     try:
         alone = checkpoint.exclusive(run.work_dir) if dist.is_main else nullcontext()
-        with (
-            alone,
-            progress_bar(
-                f"train_diffusion@{cell}", diff.steps, images_per_unit=diff.batch_size
-            ) as advance,
-        ):
+        bar = (  # one bar for the run, not one per rank
+            progress_bar(f"train_diffusion@{cell}", diff.steps, images_per_unit=diff.batch_size)
+            if dist.is_main
+            else nullcontext(lambda n, **_: None)
+        )
+        with alone, bar as advance:
             metrics = fit_diffusion(run, tracker, advance)
         if dist.is_main:
             checkpoint.save_release(

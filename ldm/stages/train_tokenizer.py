@@ -207,6 +207,8 @@ def train_tokenizer(cfg: Config, paths: Paths, tracker: Tracker, cell: str) -> S
             "latent_std": std.tolist(),
             "perceptual": perceptual.name if perceptual is not None else "none",
             "foundation": foundation.name if v.align else None,
+            # the settings of each regulariser it trained with; none: {}
+            "regularisers": {name: cfg.section(name) for name in REGULARISERS if getattr(v, name)},
             "steps": tok.steps,
             "source_manifest_sha256": meta["source_manifest_sha256"],
         },
