@@ -17,6 +17,7 @@ from torch.testing import assert_close
 from typer.testing import CliRunner
 
 from ldm.cli import app
+from ldm.metrics import comparison
 from ldm.metrics.bootstrap import Resampling, summarise
 from ldm.metrics.comparison import Replicate, joint_draws
 from ldm.metrics.frechet import frechet_distance_between
@@ -130,9 +131,14 @@ def two_seed_trial() -> tuple[list[EvaluateRecord], ReportFeatures]:
 
 
 def test_a_variant_with_two_seeds_is_reported_as_mean_sd_and_its_joint_interval(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cells, features = two_seed_trial()
+    drawn = []
+    counted = comparison.joint_draws
+    monkeypatch.setattr(
+        comparison, "joint_draws", lambda *a, **k: drawn.append(1) or counted(*a, **k)
+    )
     merged = merge_cells({"a": cells[:2], "b": cells[2:]}, features)
     assert [r.variant for r in merged] == ["a", "b"]
     assert merged[1] == cells[2]  # one seed: the cell's own record, unchanged
@@ -147,6 +153,7 @@ def test_a_variant_with_two_seeds_is_reported_as_mean_sd_and_its_joint_interval(
     curves = {name: falling_curve(name) for name in ("a", "b")}
     kwargs = {"report": REPORT, "gates": gates(), "prices": PRICES, "header": HEADER}
     summary = write_report(tmp_path / "reports", merged, curves, features, **kwargs)
+    assert len(drawn) == 1  # the merge's draws are the verdicts' draws, drawn once
     v = {s.variant: s for s in summary.variants}
     assert (v["a"].seeds, v["b"].seeds) == (2, 1)
     assert v["a"].seed_spread == pytest.approx(stdev([r.generation.fd for r in cells[:2]]))

@@ -6,13 +6,15 @@ draws the same val rows for both terms of a difference, so the shared reference'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ldm.metrics.comparison import Replicate  # numpy and torch: the CLI does not load them
+    # numpy and torch: the CLI does not load them
+    from ldm.metrics.comparison import Replicate, VariantDraws
 
 
 @dataclass(frozen=True)
@@ -29,3 +31,24 @@ class ReportFeatures:
     level: float
     seed: int
     kid_subset_size: int
+    # what was computed from the rows, once per report (they never change)
+    _computed: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def joint_draws(
+        self, progress: Callable[[int], None] = lambda n: None
+    ) -> dict[str, VariantDraws]:
+        """Every variant's gFD and relative FD in the evaluations' bootstrap, seeds then rows
+        (`ldm.metrics.comparison.joint_draws`): merging a variant's seeds and the verdicts read
+        the same draws, so they are drawn once, by whichever asks first. `progress(1)` after
+        each draw; at once, all of them, when they were drawn before."""
+        if "joint" in self._computed:
+            progress(self.draws)
+        else:
+            from ldm.metrics.bootstrap import Resampling
+            from ldm.metrics.comparison import joint_draws
+
+            resampling = Resampling(self.draws, self.level, self.seed)
+            self._computed["joint"] = joint_draws(
+                self.val, self.train, self.variants, resampling, progress
+            )
+        return self._computed["joint"]

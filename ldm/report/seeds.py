@@ -46,16 +46,12 @@ def merge_cells(
 ) -> list[EvaluateRecord]:
     """One record per variant, in the order of `cells` (variant -> its cells' records, in the
     order of `features.variants[variant]`'s replicates)."""
-    from ldm.metrics.bootstrap import Resampling
-    from ldm.metrics.comparison import joint_draws
     from ldm.progress import progress_bar
 
-    several = {name: features.variants[name] for name, records in cells.items() if len(records) > 1}
     found = {}
-    if several:
-        resampling = Resampling(features.draws, features.level, features.seed)
+    if any(len(records) > 1 for records in cells.values()):
         with progress_bar("seeds and rows resampled", features.draws) as advance:
-            found = joint_draws(features.val, features.train, several, resampling, advance)
+            found = features.joint_draws(advance)  # the verdicts' draws too
     merged = []
     for name, records in cells.items():
         if len(records) == 1:

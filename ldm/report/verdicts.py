@@ -75,13 +75,11 @@ def compare_all(
     """
     from statistics import stdev
 
-    from ldm.metrics.bootstrap import Resampling
-    from ldm.metrics.comparison import difference, joint_draws, kid_by_subset
+    from ldm.metrics.comparison import difference, kid_by_subset
     from ldm.metrics.uncertainty import KID_SUBSETS
 
     f, level = features, features.level
-    resampling = Resampling(f.draws, level, f.seed)
-    found = joint_draws(f.val, f.train, f.variants, resampling, progress)
+    found = f.joint_draws(progress)  # as merging the seeds drew them
     kids = kid_by_subset(f.val, f.variants, KID_SUBSETS, f.kid_subset_size, f.seed)
 
     def retraining(name: str) -> float:
