@@ -37,8 +37,8 @@ def freeze(net: nn.Module) -> nn.Module:
 # Images a feature network takes at once on a CPU. A batch of 128 at 260 px has activations of
 # gigabytes, allocated afresh for every layer (the page faults cost more than the arithmetic);
 # micro-batches keep them small. Per-image outputs are the same (eval mode: no batch
-# statistics). bench/feature_throughput.py: effnet_lite2 ran ~1.5x faster at 8 than at 128 on a
-# 2-core CPU, and within noise of 2 and 4. A GPU takes the batch whole.
+# statistics). bench/feature_throughput.py: effnet_lite2 ran 1.7-1.9x faster at 8 than at 64 or
+# 128 on a 2-core CPU, within noise of 4. A GPU takes the batch whole.
 CPU_MICRO_BATCH = 8
 
 
